@@ -5,9 +5,11 @@ shape ``[B, *out_shape]``. Besides the forward map ``A`` and its adjoint ``At`` 
 
 * ``solve(v, rho)``   = (rho I + A^T A)^{-1} v, for a scalar rho > 0 or one rho per sample;
 * ``pinv(y)``         = A^+ y, the minimum-norm least-squares solution of A x = y;
-* ``null_project(x)`` = (I - A^+ A) x, the projection onto the null space of A.
+* ``null_project(x)`` = (I - A^+ A) x, the projection onto the null space of A;
+* ``regularized_pinv(r, rho)`` = (A^T A + rho I)^{-1} A^T r = A^T (A A^T + rho I)^{-1} r for
+  rho >= 0, the Tikhonov-regularised pseudo-inverse (rho = 0 gives A^+ r exactly).
 
-These three are all the EPS pivot needs (see :mod:`exactpost.posterior`). Structured
+The last one is all the EPS pivot needs (see :mod:`exactpost.posterior`). Structured
 families override them with closed forms; this base class implements them for any operator
 by conjugate gradients, so an operator given only ``A`` and ``At`` works too (see
 :class:`FunctionOperator`).
@@ -123,6 +125,17 @@ class LinearOperator:
         """Projection onto the null space of A: (I - A^+ A) x."""
         return self._null_project(self.check_x(x))
 
+    def regularized_pinv(self, r: torch.Tensor, rho: Rho) -> torch.Tensor:
+        """Tikhonov pseudo-inverse (A^T A + rho I)^{-1} A^T r = A^T (A A^T + rho I)^{-1} r.
+
+        ``r``: [B, *out_shape]; ``rho`` >= 0, a float or one value per sample ([B]).
+        rho = 0 gives A^+ r (the noiseless limit, no division by zero). Closed forms work on
+        the right-hand (dual) side so that a tiny rho (high noise, small sigma_y) loses no
+        precision, unlike ``solve(A^T r, rho)`` whose Woodbury form cancels.
+        """
+        r = self.check_y(r, "r")
+        return self._regularized_pinv(r, self.check_rho(rho, r, allow_zero=True))
+
     # --- defaults: conjugate gradients ------------------------------------------------
     def _A(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -145,6 +158,16 @@ class LinearOperator:
 
     def _null_project(self, x: torch.Tensor) -> torch.Tensor:
         return x - self._pinv(self._A(x))
+
+    def _regularized_pinv(self, r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        rho_x = rho.reshape((-1,) + (1,) * len(self.in_shape))
+        zero = (rho_x == 0).reshape(-1)
+        out = self._pinv(r) if bool(zero.any()) else None
+        if bool(zero.all()):
+            return out
+        safe = torch.where(rho_x > 0, rho_x, torch.ones_like(rho_x))
+        x = self._solve(self._At(r), safe)
+        return x if out is None else torch.where(rho_x > 0, x, out)
 
     # --- helpers ----------------------------------------------------------------------
     @property
@@ -182,9 +205,9 @@ class LinearOperator:
         self._check_shape(y, self.out_shape, name, "measurement space")
         return y
 
-    def check_rho(self, rho: Rho, like: torch.Tensor) -> torch.Tensor:
-        """Turn rho (float, 0-d or [B] tensor, all > 0) into a tensor that broadcasts
-        against ``like`` ([B, 1, ..., 1])."""
+    def check_rho(self, rho: Rho, like: torch.Tensor, allow_zero: bool = False) -> torch.Tensor:
+        """Turn rho (float, 0-d or [B] tensor, all > 0, or >= 0 with ``allow_zero``) into a
+        tensor that broadcasts against ``like`` ([B, 1, ..., 1])."""
         r = torch.as_tensor(rho, dtype=like.dtype, device=like.device)
         if r.dim() == 0:
             r = r.expand(like.shape[0])
@@ -193,7 +216,10 @@ class LinearOperator:
                 f"rho must be a scalar or have shape [{like.shape[0]}] (one per sample), "
                 f"got shape {tuple(r.shape)}"
             )
-        if not bool(torch.isfinite(r).all()) or bool((r <= 0).any()):
+        if allow_zero:
+            if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
+                raise ValueError(f"rho must be finite and >= 0, got {rho}")
+        elif not bool(torch.isfinite(r).all()) or bool((r <= 0).any()):
             raise ValueError(
                 "rho must be finite and > 0; for the noiseless limit use pinv/null_project"
             )

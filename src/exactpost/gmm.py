@@ -1,0 +1,265 @@
+"""Gaussian-mixture priors: the oracle whose posterior is known exactly.
+
+A mixture p(x0) = sum_k w_k N(x0; m_k, C_k) in R^d is closed under everything EPS does:
+
+* noising with any interpolant: x_t = a x0 + s e  ~  sum_k w_k N(a m_k, a^2 C_k + s^2 I);
+* anisotropic Gaussian noise z = x0 + N(0, Sigma): components N(m_k, C_k + Sigma) and
+  E[x0 | z] = sum_k r_k(z) [m_k + C_k (C_k + Sigma)^{-1} (z - m_k)],
+  r_k(z) proportional to w_k N(z; m_k, C_k + Sigma);
+* linear Gaussian measurement y = A x0 + sigma_y n: the posterior is again a mixture with
+  S_k = A C_k A^T + sigma_y^2 I,  K_k = C_k A^T S_k^{-1},
+  m'_k = m_k + K_k (y - A m_k),  C'_k = C_k - K_k A C_k,
+  w'_k proportional to w_k N(y; A m_k, S_k)  (valid for sigma_y = 0 when A C_k A^T > 0).
+
+Everything is float64. Batched inputs are [B, d]. :func:`mcgdiff_problem` builds the
+benchmark problems of the MCGdiff paper (Cardoso et al. 2024) used in the tests and benches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .interpolants import Interpolant
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class GaussianMixture:
+    """Mixture of K Gaussians in R^d.
+
+    Args:
+        weights: [K] nonnegative, normalised on construction.
+        means: [K, d].
+        covs: [K, d, d] symmetric positive definite, or None for identity covariances.
+    """
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor | None = None):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        if means.dim() != 2:
+            raise ValueError(f"means must have shape [K, d], got {tuple(means.shape)}")
+        K, d = means.shape
+        if weights.shape != (K,) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+            raise ValueError(f"weights must be {K} nonnegative numbers with a positive sum")
+        if covs is None:
+            covs = torch.eye(d, dtype=torch.float64).expand(K, d, d).clone()
+        covs = torch.as_tensor(covs, dtype=torch.float64)
+        if covs.shape != (K, d, d):
+            raise ValueError(f"covs must have shape [{K}, {d}, {d}], got {tuple(covs.shape)}")
+        self.weights = weights / weights.sum()
+        self.means = means
+        self.covs = 0.5 * (covs + covs.transpose(-1, -2))
+        #: all components share one covariance (enables one factorisation instead of K)
+        self.shared_cov = bool(torch.allclose(self.covs, self.covs[:1].expand_as(self.covs)))
+        self._factor: torch.Tensor | None = None
+
+    @property
+    def K(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.means.shape[1]
+
+    # --- sampling and density ---------------------------------------------------------
+    def _sqrt_covs(self) -> torch.Tensor:
+        """L_k with L_k L_k^T = C_k, from an eigendecomposition (works for singular C_k)."""
+        if self._factor is None:
+            evals, evecs = torch.linalg.eigh(self.covs)
+            self._factor = evecs * evals.clamp(min=0).sqrt().unsqueeze(-2)
+        return self._factor
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n exact draws, [n, d] (float64)."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        e = torch.randn(n, self.d, dtype=torch.float64, generator=generator)
+        return self.means[k] + torch.einsum("nij,nj->ni", self._sqrt_covs()[k], e)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) for x [B, d] -> [B]."""
+        return _mixture_log_prob(x.to(torch.float64), self.weights.log(), self.means, self.covs)
+
+    # --- exact denoisers --------------------------------------------------------------
+    def denoise_anisotropic(self, z: torch.Tensor, Sigma: torch.Tensor) -> torch.Tensor:
+        """E[x0 | z] for z = x0 + N(0, Sigma). z: [B, d]; Sigma: [d, d] shared by the batch
+        (symmetric PSD; may be singular, e.g. the noiseless pivot covariance)."""
+        z64 = z.to(torch.float64)
+        Sigma = torch.as_tensor(Sigma, dtype=torch.float64)
+        if Sigma.shape != (self.d, self.d):
+            raise ValueError(f"Sigma must have shape [{self.d}, {self.d}], got {tuple(Sigma.shape)}")
+        if self.shared_cov:
+            return self._denoise_shared(z64, Sigma).to(z.dtype)
+        S = self.covs + Sigma  # [K, d, d]
+        L = torch.linalg.cholesky(S)
+        diff = z64.unsqueeze(1) - self.means  # [B, K, d]
+        sol = torch.cholesky_solve(diff.permute(1, 2, 0), L).permute(2, 0, 1)  # S_k^-1 diff
+        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+        logits = self.weights.log() - 0.5 * (diff * sol).sum(-1) - 0.5 * logdet  # [B, K]
+        resp = torch.softmax(logits, dim=1)
+        cond_means = self.means + torch.einsum("kij,bkj->bki", self.covs, sol)  # [B, K, d]
+        return (resp.unsqueeze(-1) * cond_means).sum(1).to(z.dtype)
+
+    def _denoise_shared(self, z: torch.Tensor, Sigma: torch.Tensor) -> torch.Tensor:
+        """All C_k = C: with S = C + Sigma, the logits are m_k^T S^-1 z - m_k^T S^-1 m_k / 2
+        (+ log w_k; terms common to all k dropped) and E[x0 | z] =
+        sum_k r_k (m_k - C S^-1 m_k) + C S^-1 z: O(B d^2 + B K d) instead of O(B K d^2)."""
+        C = self.covs[0]
+        L = torch.linalg.cholesky(C + Sigma)
+        Sz = torch.cholesky_solve(z.T, L).T  # [B, d]
+        Sm = torch.cholesky_solve(self.means.T, L).T  # [K, d]
+        logits = self.weights.log() + z @ Sm.T - 0.5 * (self.means * Sm).sum(-1)
+        resp = torch.softmax(logits, dim=1)  # [B, K]
+        return resp @ (self.means - Sm @ C) + Sz @ C
+
+    def denoise_sigma(self, z: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """E[x0 | z] for z = x0 + sigma e (variance-exploding form). ``sigma``: float or [B]."""
+        sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        if sig.numel() == 1:
+            eye = torch.eye(self.d, dtype=torch.float64)
+            return self.denoise_anisotropic(z, float(sig[0]) ** 2 * eye)
+        if sig.shape[0] != z.shape[0]:
+            raise ValueError(f"sigma has {sig.shape[0]} entries for a batch of {z.shape[0]}")
+        out = torch.empty_like(z)
+        for value in torch.unique(sig):
+            rows = sig == value
+            out[rows] = self.denoise_sigma(z[rows], float(value))
+        return out
+
+    def denoiser(self, interpolant: Interpolant):
+        """The exact isotropic denoiser D(x_t, t) = E[x0 | x_t] of this prior under
+        ``interpolant``, as a callable for the samplers. t: float or [B]."""
+
+        def D(x_t: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+            tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+            a = interpolant.a(tt)
+            sigma = interpolant.sigma(tt)
+            a_x = a.reshape(-1, 1).to(x_t.dtype) if a.numel() > 1 else float(a[0])
+            return self.denoise_sigma(x_t / a_x, sigma)
+
+        return D
+
+    # --- exact posterior --------------------------------------------------------------
+    def posterior(self, A: torch.Tensor, y: torch.Tensor, sigma_y: float) -> "GaussianMixture":
+        """p(x0 | y) for y = A x0 + sigma_y n, n ~ N(0, I). A: [m, d]; y: [m]; sigma_y >= 0."""
+        A = torch.as_tensor(A, dtype=torch.float64)
+        y = torch.as_tensor(y, dtype=torch.float64).reshape(-1)
+        if A.dim() != 2 or A.shape[1] != self.d or y.shape[0] != A.shape[0]:
+            raise ValueError(f"need A [m, {self.d}] and y [m], got {tuple(A.shape)}, {tuple(y.shape)}")
+        if sigma_y < 0:
+            raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+        m = A.shape[0]
+        CAt = self.covs @ A.T  # [K, d, m]
+        S = A @ CAt + sigma_y**2 * torch.eye(m, dtype=torch.float64)  # [K, m, m]
+        S = 0.5 * (S + S.transpose(-1, -2))
+        gain = torch.linalg.solve(S, CAt.transpose(-1, -2)).transpose(-1, -2)  # K_k [K, d, m]
+        resid = y - self.means @ A.T  # [K, m]
+        means = self.means + torch.einsum("kdm,km->kd", gain, resid)
+        covs = self.covs - gain @ CAt.transpose(-1, -2)
+        log_w = self.weights.log() + _gauss_log_prob(resid, S)
+        return GaussianMixture(torch.softmax(log_w, 0), means, covs)
+
+
+def _gauss_log_prob(diff: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """log N(diff; 0, cov) for diff [..., K, n] and cov [K, n, n] (one Cholesky factor per
+    component, shared by all leading batch dimensions), or diff [n] / [K, n] with cov of the
+    same leading shape."""
+    n = diff.shape[-1]
+    if cov.dim() == 2:
+        cov = cov.unsqueeze(0)
+    K = cov.shape[0]
+    lead = diff.shape[:-1]
+    L = torch.linalg.cholesky(cov)
+    flat = diff.reshape(-1, K, n).permute(1, 2, 0)  # [K, n, M]
+    sol = torch.linalg.solve_triangular(L, flat, upper=False)
+    maha = (sol**2).sum(1).T.reshape(lead)  # [..., K]
+    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # [K]
+    if diff.dim() == 1:
+        logdet = logdet[0]
+    return -0.5 * maha - 0.5 * logdet - 0.5 * n * _LOG_2PI
+
+
+def _mixture_log_prob(x, log_w, means, covs):
+    comp = _gauss_log_prob(x.unsqueeze(1) - means, covs)  # [B, K]
+    return torch.logsumexp(log_w + comp, dim=1)
+
+
+# --- benchmark problems ---------------------------------------------------------------
+@dataclass
+class GMMProblem:
+    """One posterior-sampling problem: prior, measurement and the exact posterior."""
+
+    prior: GaussianMixture
+    A: torch.Tensor  # [m, d]
+    y: torch.Tensor  # [m]
+    sigma_y: float
+    posterior: GaussianMixture
+
+
+def mcgdiff_prior(d: int, generator: torch.Generator | None = None, spacing: float = 8.0) -> GaussianMixture:
+    """The MCGdiff mixture: 25 components with identity covariance, means on the grid
+    {-2,-1,0,1,2}^2 * spacing (spacing 8 gives {-16,-8,0,8,16}^2) repeated over the d
+    dimensions (mean = (i, j, i, j, ...)), weights |N(0,1)|^2 normalised."""
+    if d < 2 or d % 2:
+        raise ValueError(f"d must be even and >= 2 for the MCGdiff mixture, got {d}")
+    grid = torch.arange(-2, 3, dtype=torch.float64) * spacing
+    ii, jj = torch.meshgrid(grid, grid, indexing="ij")
+    pairs = torch.stack([ii.reshape(-1), jj.reshape(-1)], dim=1)  # [25, 2]
+    means = pairs.repeat(1, d // 2)
+    weights = torch.randn(25, dtype=torch.float64, generator=generator) ** 2
+    return GaussianMixture(weights, means)
+
+
+def mcgdiff_measurement(
+    prior: GaussianMixture, dy: int, generator: torch.Generator | None = None
+) -> GMMProblem:
+    """A random Gaussian A [dy, d] whose singular values are replaced by sorted U(0,1)
+    draws (descending), sigma_y = U(0,1) * largest singular value, y = A x0 + sigma_y n
+    with x0 a prior draw; returns the problem with its exact posterior."""
+    d = prior.d
+    G = torch.randn(dy, d, dtype=torch.float64, generator=generator)
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    sv = torch.sort(torch.rand(dy, dtype=torch.float64, generator=generator), descending=True).values
+    A = U @ torch.diag(sv) @ Vh
+    sigma_y = float(torch.rand((), dtype=torch.float64, generator=generator)) * float(sv[0])
+    x0 = prior.sample(1, generator)[0]
+    y = A @ x0 + sigma_y * torch.randn(dy, dtype=torch.float64, generator=generator)
+    return GMMProblem(prior, A, y, sigma_y, prior.posterior(A, y, sigma_y))
+
+
+def mcgdiff_problem(d: int, dy: int, generator: torch.Generator | None = None,
+                    spacing: float = 8.0) -> GMMProblem:
+    """Prior from :func:`mcgdiff_prior` and measurement from :func:`mcgdiff_measurement`."""
+    return mcgdiff_measurement(mcgdiff_prior(d, generator, spacing), dy, generator)
+
+
+class GMMEPSOracle:
+    """The exact EPS network for a mixture prior: net(mu, cond, sigma) = E[x0 | z = mu] with
+    z = x0 + N(0, Sigma*(sigma)), Sigma* built densely from the operator. Plug it into
+    :class:`exactpost.posterior.EPSPosteriorDenoiser` in place of a trained network.
+
+    Args:
+        prior: the mixture.
+        op: a shared operator on vectors of length prior.d (e.g. a DenseOperator).
+        sigma_y: the measurement noise std (>= 0), the same for the whole batch.
+    """
+
+    def __init__(self, prior: GaussianMixture, op, sigma_y: float):
+        if tuple(op.in_shape) != (prior.d,):
+            raise ValueError(f"operator acts on {tuple(op.in_shape)} but the prior lives in R^{prior.d}")
+        self.prior, self.op, self.sigma_y = prior, op, float(sigma_y)
+
+    def __call__(self, mu: torch.Tensor, cond, sigma: torch.Tensor) -> torch.Tensor:
+        from .posterior import sigma_star_dense
+
+        sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        if sig.numel() == 1:
+            sig = sig.expand(mu.shape[0])
+        out = torch.empty_like(mu)
+        for value in torch.unique(sig):
+            rows = sig == value
+            Sigma = sigma_star_dense(self.op, float(value), self.sigma_y)
+            out[rows] = self.prior.denoise_anisotropic(mu[rows], Sigma)
+        return out
