@@ -242,13 +242,15 @@ class GMMEPSOracle:
 
     Args:
         prior: the mixture.
-        op: a shared operator on vectors of length prior.d (e.g. a DenseOperator).
+        op: a shared operator whose input has prior.d numbers (a DenseOperator on vectors,
+            or an image operator on [C, H, W] with C H W = d; images are flattened).
         sigma_y: the measurement noise std (>= 0), the same for the whole batch.
     """
 
     def __init__(self, prior: GaussianMixture, op, sigma_y: float):
-        if tuple(op.in_shape) != (prior.d,):
-            raise ValueError(f"operator acts on {tuple(op.in_shape)} but the prior lives in R^{prior.d}")
+        if op.in_dim != prior.d:
+            raise ValueError(f"operator acts on {tuple(op.in_shape)} ({op.in_dim} numbers) but the "
+                             f"prior lives in R^{prior.d}")
         self.prior, self.op, self.sigma_y = prior, op, float(sigma_y)
 
     def __call__(self, mu: torch.Tensor, cond, sigma: torch.Tensor) -> torch.Tensor:
@@ -257,9 +259,10 @@ class GMMEPSOracle:
         sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
         if sig.numel() == 1:
             sig = sig.expand(mu.shape[0])
-        out = torch.empty_like(mu)
+        flat = mu.reshape(mu.shape[0], -1)
+        out = torch.empty_like(flat)
         for value in torch.unique(sig):
             rows = sig == value
-            Sigma = sigma_star_dense(self.op, float(value), self.sigma_y)
-            out[rows] = self.prior.denoise_anisotropic(mu[rows], Sigma)
-        return out
+            Sigma = sigma_star_dense(self.op, float(value), self.sigma_y).reshape(self.prior.d, self.prior.d)
+            out[rows] = self.prior.denoise_anisotropic(flat[rows], Sigma)
+        return out.reshape(mu.shape)

@@ -140,13 +140,14 @@ def sample_sigma_star(shape_like: torch.Tensor, sigma: Scalar, op: LinearOperato
 
 def sigma_star_dense(op: LinearOperator, sigma: float, sigma_y: float,
                      dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Sigma* as a dense [d, d] matrix for a shared operator (d products with the basis
-    vectors; for tests and small problems such as the Gaussian-mixture oracle)."""
+    """Sigma* as a dense [d, d] matrix (d = op.in_dim, inputs flattened) for a shared
+    operator: d products with the basis vectors, for tests and small problems such as the
+    Gaussian-mixture oracle."""
     if op.batch_size is not None:
         raise ValueError("sigma_star_dense needs a shared operator (batch_size None)")
     d = op.in_dim
     eye = torch.eye(d, dtype=dtype).reshape((d,) + tuple(op.in_shape))
-    M = sigma_star_matvec(eye, sigma, op, sigma_y).reshape(d, d)
+    M = sigma_star_matvec(eye, sigma, op, sigma_y).reshape(d, d).T
     return 0.5 * (M + M.T)
 
 

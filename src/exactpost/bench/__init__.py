@@ -1,0 +1,1 @@
+"""Benchmark protocols and runners (JSON + Markdown outputs)."""
