@@ -246,8 +246,7 @@ def test_regularized_pinv_matches_dense_svd(name):
         got = op._regularized_pinv(r, as_rho(torch.full((b,), rho, dtype=torch.float64)))
         assert got.shape == want.shape
         assert rel(got, want) < 1e-9, f"{name} rho={rho}: {rel(got, want):.2e}"
-        if hasattr(LinearOperator, "regularized_pinv"):  # the public entry point, if present
-            assert rel(op.regularized_pinv(r, rho), want) < 1e-9
+        assert rel(op.regularized_pinv(r, rho), want) < 1e-9  # the public entry point
     # one rho per sample, zero (noiseless) and positive mixed
     rhos = torch.tensor([0.0, 0.5, 1e-3][:b] + [2.0] * max(0, b - 3), dtype=torch.float64)
     got = op._regularized_pinv(r, as_rho(rhos))
@@ -492,3 +491,17 @@ def test_shared_operator_accepts_any_batch_and_solve_is_exact_in_noiseless_direc
     x = torch.randn(2, C, 8, 8, generator=gen(0), dtype=torch.float64)
     rho = 1e-12
     assert rel(rho * op.solve(x, rho), op.null_project(x)) < 1e-8
+
+
+def test_cg_fallback_regularized_pinv():
+    """FunctionOperator (CG only) against the dense SVD: rho = 0 is A^+ r, rho > 0 the
+    Tikhonov pseudo-inverse; relative error below 1e-6."""
+    op = _cg(build("blur-motion-odd-batched", 8))
+    mat = dense_batched(op)
+    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    r = randy(op)
+    coef = u.transpose(1, 2) @ r.reshape(len(r), -1, 1)
+    for rho in [1e-2, 1.0, 1e2]:
+        want = (vh.transpose(1, 2) @ ((s / (s**2 + rho))[..., None] * coef)).reshape(r.shape[:1] + op.in_shape)
+        assert rel(op.regularized_pinv(r, rho), want) < 1e-6, rho
+        assert op.last_cg_info.converged
