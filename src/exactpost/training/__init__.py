@@ -1,0 +1,1 @@
+"""Training utilities: checkpoints (safetensors + JSON card, atomic writes, exact resume)."""
