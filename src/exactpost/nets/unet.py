@@ -194,13 +194,15 @@ class UNetConfig:
 #: ======  ============================  ==============  =======  ==============
 #: name    widths x blocks, attention    parameters      GFLOP    CPU s/step (*)
 #: ======  ============================  ==============  =======  ==============
-#: tiny    32/64/64/64 x 1, at 8x8       1,628,611       96       see below
-#: small   32/64/128/128 x 2, at 8x8     6,598,563       212      see below
-#: base    128/256/256/256 x 2, at 16x16 38,307,203      2,390    GPU only
+#: tiny    32/64/64/64 x 1, at 8x8       1,628,611       96       0.38
+#: small   32/64/128/128 x 2, at 8x8     6,598,563       212      0.77
+#: base    128/256/256/256 x 2, at 16x16 38,307,203      2,390    13 (GPU model)
 #: ======  ============================  ==============  =======  ==============
 #:
-#: (*) measured forward+backward+AdamW, 2 threads on this project's 2-core machines; see
-#: the numbers recorded in the commit introducing these presets.
+#: (*) forward+backward+AdamW, 2 threads, an otherwise idle 2-core machine of this project
+#: (torch 2.13 CPU). At 64x64 (``preset(name, 64)``): tiny 2.6-2.9 s, small 6.7 s. On a busy
+#: machine set OMP_WAIT_POLICY=PASSIVE or use 1 thread: 2 spinning OpenMP threads competing
+#: with other processes measured 5-15 s/step for tiny.
 #: tiny and small keep the full-resolution width at 32 and put capacity at low resolution,
 #: where it is cheap: small has 4x tiny's parameters for 2.2x its compute. Four levels
 #: (down to 4x4 at 32x32) give every output pixel a whole-image receptive field, which box
