@@ -1,0 +1,160 @@
+"""The ``exactpost`` command line: train, finetune, sample.
+
+Every user error (a bad flag value, a missing or unreadable file, a checkpoint that does not
+fit) prints one line ``exactpost: error: ...`` and exits with code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .training.checkpoint import CheckpointError
+from .training.data import DataError
+
+#: TrainConfig fields settable by flags: flag -> (field, parser)
+def _floats_or_range(text: str):
+    parts = [float(p) for p in text.split(",")]
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts
+    raise ValueError(f"sigma_y must be a number or 'lo,hi', got {text!r}")
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(p) for p in text.split(",") if p.strip()]
+
+
+def _str_list(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+TRAIN_FLAGS = {
+    "run_dir": str, "objective": str, "tasks": _str_list, "sigma_y": _floats_or_range, "conditioning": str,
+    "uniform_frac": float, "data": str, "data_key": str, "data_split": _int_list, "eval_key": str,
+    "eval_split": _int_list, "image_size": int, "preset": str, "unet": json.loads, "init_from": str,
+    "batch_size": int, "lr": float, "warmup_steps": int, "grad_clip": float, "weight_decay": float,
+    "ema_halflife_kimg": float, "steps": int, "checkpoint_every": int, "eval_every": int, "eval_images": int,
+    "log_every": int, "seed": int, "threads": int,
+}
+
+
+class UsageError(ValueError):
+    """A bad command line; printed as one line, exit code 2."""
+
+
+def _add_train_flags(p: argparse.ArgumentParser, objective_default: str | None) -> None:
+    p.add_argument("--config", help="JSON file with TrainConfig fields (flags override it)")
+    for name, kind in TRAIN_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, dest=name, default=None, metavar=name.upper(),
+                       help=f"TrainConfig.{name}" + (" (comma-separated)" if kind in (_int_list, _str_list) else ""))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if objective_default:
+        p.set_defaults(objective_default=objective_default)
+
+
+def _train_config(args: argparse.Namespace, argv: Sequence[str]):
+    from .training.loop import TrainConfig
+
+    d: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise UsageError(f"config file {path} does not exist")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"config file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    for name, kind in TRAIN_FLAGS.items():
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                d[name] = kind(value)
+            except (ValueError, json.JSONDecodeError) as exc:
+                raise UsageError(f"--{name.replace('_', '-')}: cannot parse {value!r} ({exc})") from None
+    if getattr(args, "objective_default", None) and "objective" not in d:
+        d["objective"] = args.objective_default
+    if args.no_progress:
+        d["progress"] = False
+    d["command"] = "exactpost " + " ".join(shlex.quote(a) for a in argv)
+    if not d.get("data"):
+        raise UsageError("no training data: pass --data PATH (an .npz file or a folder of PNG/JPEG images)")
+    return TrainConfig.from_dict(d)
+
+
+def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .training.loop import train
+
+    cfg = _train_config(args, argv)
+    if args.command == "finetune" and not cfg.init_from:
+        raise UsageError("finetune needs --init-from PRIOR (a prior's model checkpoint, e.g. runs/prior/model)")
+    metrics = train(cfg)
+    print(f"done: {cfg.steps} steps; model in {Path(cfg.run_dir) / 'model.safetensors'}")
+    if metrics:
+        print("held-out: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "step"))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import torch
+
+    from .imageio import save_grid
+    from .interpolants import EDM
+    from .nets.precond import as_denoiser
+    from .samplers import edm_heun
+    from .training.loop import load_model
+
+    if args.n < 1 or args.steps < 1:
+        raise UsageError("--n and --steps must be >= 1")
+    model, card = load_model(args.model)
+    if model.config.cond_channels:
+        raise UsageError(f"{args.model} is a conditional (EPS/Palette) model; sample draws from a prior")
+    g = torch.Generator().manual_seed(args.seed)
+    size = model.config.image_size
+    with torch.no_grad():
+        out = edm_heun(as_denoiser(model, EDM()), (args.n, 3, size, size), steps=args.steps, generator=g)
+    path = save_grid(out.x0, args.out)
+    print(f"wrote {args.n} samples ({out.nfe} NFE each) to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="exactpost", description="Exact posterior sampling (EPS) for linear inverse problems.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a prior, an EPS or a Palette network")
+    _add_train_flags(t, None)
+    f = sub.add_parser("finetune", help="fine-tune a prior into an EPS network (--init-from PRIOR)")
+    _add_train_flags(f, "eps")
+    s = sub.add_parser("sample", help="unconditional samples from a prior, as a PNG grid")
+    s.add_argument("--model", required=True, help="model checkpoint (path without extension, or the .safetensors)")
+    s.add_argument("--n", type=int, default=16)
+    s.add_argument("--steps", type=int, default=18, help="EDM Heun steps (NFE = 2 steps - 1)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="samples.png")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)  # argparse itself exits 2 with a one-line usage error
+    handlers = {"train": cmd_train, "finetune": cmd_train, "sample": cmd_sample}
+    try:
+        return handlers[args.command](args, argv)
+    except (UsageError, DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        print(f"exactpost: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("exactpost: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

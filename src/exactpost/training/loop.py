@@ -1,0 +1,357 @@
+"""One training loop for the three objectives (prior, EPS, Palette).
+
+AdamW with linear learning-rate warm-up, gradient-norm clipping, an EMA of the weights
+(half-life in images, ramped up early as in EDM), a progress bar (loss, images/s, ETA), a run
+directory holding the resolved config (``config.json``), a metrics log (``metrics.jsonl``),
+the resumable training state (``state.safetensors`` + ``state.json``) and the exported model
+(``model.safetensors`` + ``model.json``: EMA weights and the card).
+
+Resume: ``train(config)`` on a run directory that holds a state continues from it, restoring
+model, EMA, optimiser, step, images seen, the data order and every generator, so a run
+killed at any moment and resumed ends with the same weights as an uninterrupted one (CPU,
+same threads).
+
+Distributed: when launched by ``accelerate launch`` or ``torchrun`` (``WORLD_SIZE`` > 1 in the
+environment) it joins a torch.distributed process group (gloo on CPU, nccl on GPU), wraps
+the model in DistributedDataParallel and gives each process its share of every global batch.
+Every process simulates the whole global batch from the same generators and keeps its slice,
+so the result does not depend on the number of processes. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..interpolants import EDM
+from ..nets import UNet, count_parameters, preset
+from ..nets.precond import EDMPrecond, as_eps_network
+from ..nets.unet import expand_unet
+from ..posterior import EPSPosteriorDenoiser
+from ..tasks import make_operator, simulate, task_names
+from .checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
+from .data import BatchStream, load_images, to_float
+from .objectives import NoiseLevels, Objective, conditioning, loss_on_batch, make_batch
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved as ``config.json`` in the run directory."""
+
+    run_dir: str = "runs/exp"
+    objective: str = "prior"
+    tasks: list[str] = field(default_factory=task_names)
+    sigma_y: Any = 0.05
+    conditioning: Optional[str] = None
+    uniform_frac: float = 0.2
+    data: str = ""
+    data_key: Optional[str] = None
+    data_split: Optional[list[int]] = None
+    eval_key: Optional[str] = None
+    eval_split: Optional[list[int]] = None
+    image_size: int = 32
+    preset: str = "tiny"
+    unet: dict = field(default_factory=dict)  # overrides of the preset's UNetConfig fields
+    init_from: Optional[str] = None  # a prior's model checkpoint (fine-tuning)
+    batch_size: int = 64
+    lr: float = 2e-4
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    ema_halflife_kimg: float = 50.0
+    ema_rampup: float = 0.05
+    steps: int = 1000
+    checkpoint_every: int = 200
+    eval_every: int = 500
+    eval_images: int = 8
+    log_every: int = 20
+    seed: int = 0
+    threads: Optional[int] = None
+    progress: bool = True
+    command: str = ""  # the command line that launched the run (recorded in the card)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def objective_spec(self) -> Objective:
+        sy = tuple(self.sigma_y) if isinstance(self.sigma_y, (list, tuple)) else float(self.sigma_y)
+        return Objective(self.objective, self.tasks, sy, self.conditioning,
+                         NoiseLevels(uniform_frac=self.uniform_frac))
+
+
+# --- model construction ---------------------------------------------------------------------
+def build_model(cfg: TrainConfig, objective: Objective, generator: torch.Generator) -> tuple[EDMPrecond, dict]:
+    """A fresh network for ``objective``, or the prior in ``init_from`` expanded with
+    zero-initialised conditioning channels, task and sigma_y embeddings (so that at step 0
+    the fine-tuned network's output equals the prior's on the same input)."""
+    conditional = objective.kind != "prior"
+    extra = dict(cond_channels=objective.cond_channels, num_tasks=len(task_names()) if conditional else 0,
+                 sigma_y_embedding=conditional)
+    if cfg.init_from:
+        prior, card = load_model(cfg.init_from)
+        if prior.config.cond_channels or prior.config.num_tasks:
+            raise ValueError(f"init_from {cfg.init_from} is not an unconditional prior (it has conditioning inputs)")
+        if prior.config.image_size != cfg.image_size:
+            raise ValueError(f"init_from {cfg.init_from} is for {prior.config.image_size}x{prior.config.image_size} "
+                             f"images but image_size is {cfg.image_size}")
+        unet = expand_unet(prior.unet, extra_cond_channels=extra["cond_channels"], num_tasks=extra["num_tasks"],
+                           sigma_y_embedding=extra["sigma_y_embedding"])
+        return EDMPrecond(unet, prior.sigma_data), {"init_from": str(cfg.init_from), "prior_card_sha256": card.get("sha256")}
+    unet_cfg = preset(cfg.preset, cfg.image_size, **{**cfg.unet, **extra})
+    return EDMPrecond(UNet.from_config(unet_cfg, generator=generator)), {}
+
+
+def load_model(path: str | os.PathLike, expect: Optional[dict] = None) -> tuple[EDMPrecond, dict]:
+    """Load an exported model checkpoint (``model.safetensors`` + ``model.json``, or any pair
+    written by :func:`export_model`): returns the EDMPrecond (eval mode) and its card."""
+    tensors, card = load_checkpoint(path, expect=expect)
+    if "model" not in card:
+        raise CheckpointError(f"{path}: card has no 'model' architecture entry; not an exactpost model")
+    try:
+        model = EDMPrecond.from_dict(card["model"])
+        model.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+                              or tensors, strict=True)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        msg = str(exc).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: weights do not fit the architecture in its card ({msg})") from None
+    return model.eval(), card
+
+
+# --- helpers ----------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of a model's parameters and buffers.
+
+    decay per step = 0.5 ** (batch / halflife), halflife = min(halflife_kimg * 1000,
+    rampup * images_seen) images (EDM's ramp-up: early on the average forgets quickly)."""
+
+    def __init__(self, model: nn.Module, halflife_kimg: float, rampup: float):
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.halflife, self.rampup = halflife_kimg * 1000, rampup
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, batch: int, images_seen: int) -> None:
+        halflife = self.halflife if not self.rampup else min(self.halflife, self.rampup * images_seen)
+        beta = 0.5 ** (batch / max(halflife, 1e-8))
+        for e, p in zip(self.module.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - beta)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            e.copy_(b)
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    if world > 1:
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR in dB for images in [-1, 1] (peak-to-peak 2), averaged over images."""
+    mse = ((x.clamp(-1, 1) - ref) ** 2).flatten(1).mean(1)
+    return float((10 * torch.log10(4.0 / mse.clamp(min=1e-12))).mean())
+
+
+@torch.no_grad()
+def evaluate(model: EDMPrecond, objective: Objective, images: torch.Tensor, seed: int = 1234) -> dict:
+    """Held-out metrics: for eps/palette the 1-NFE posterior-mean PSNR per task (sigma = 80,
+    operators and noise from ``seed``); for the prior the denoising PSNR at sigma = 0.5."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    x0 = images
+    out = {}
+    if objective.kind == "prior":
+        noisy = x0 + 0.5 * torch.randn(x0.shape, generator=g)
+        out["psnr_denoise_0.5"] = _psnr(model(noisy, 0.5), x0)
+        return out
+    lo, hi = objective.sigma_y_range
+    sy = 0.5 * (lo + hi)
+    for task in objective.tasks:
+        op = make_operator(task, len(x0), tuple(x0.shape[1:]), generator=g)
+        y = simulate(op, x0, sy, generator=g)
+        cond = conditioning(objective.conditioning, op, y)
+        tid = torch.full((len(x0),), objective.task_index(task), dtype=torch.long)
+        syv = torch.full((len(x0),), sy)
+        if objective.uses_pivot:
+            den = EPSPosteriorDenoiser(as_eps_network(model, tid, syv), op, y, sy, EDM(), cond=cond)
+            mean = den.posterior_mean(80.0, g, torch.float32)
+        else:
+            noisy = 80.0 * torch.randn(x0.shape, generator=g)
+            mean = model(noisy, 80.0, cond=cond, task_id=tid, sigma_y=syv)
+        out[f"psnr_mean_{task}"] = _psnr(mean, x0)
+    return out
+
+
+def export_model(path: Path, ema: EMA, model: EDMPrecond, card: dict) -> None:
+    """Write the EMA weights with the model card (architecture under ``model``)."""
+    tensors = {f"ema.{k}": v.detach().clone().contiguous() for k, v in ema.state_dict().items()}
+    save_checkpoint(path, tensors, {"model": model.to_dict(), **card})
+
+
+# --- the loop ---------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training as configured; returns the final metrics."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world = _dist_info()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
+    objective = cfg.objective_spec()
+    run = Path(cfg.run_dir)
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+    state_path, model_path = run / "state", run / "model"
+
+    images = load_images(cfg.data, cfg.data_key, cfg.data_split, cfg.image_size)
+    eval_images = _eval_images(cfg, images)
+    init_gen = torch.Generator().manual_seed(cfg.seed)
+    model, origin = build_model(cfg, objective, init_gen)
+    ema = EMA(model, cfg.ema_halflife_kimg, cfg.ema_rampup)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    data_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 2)
+    stream = BatchStream(images, cfg.batch_size, data_gen)
+
+    step, images_seen, wall = 0, 0, 0.0
+    history: list[dict] = []
+    if checkpoint_paths(state_path)[1].exists():
+        tensors, card = load_checkpoint(state_path, expect={"model": model.to_dict()})
+        info = unpack_state(tensors, card, model=model, ema=ema, optimizer=opt,
+                            rng={"data": data_gen, "noise": noise_gen})
+        extra = info["extra"]
+        step, images_seen, wall = info["step"], int(extra["images_seen"]), float(extra["wall_time"])
+        stream.load_state({"perm": extra["perm"], "pos": extra["pos"], "generator": data_gen.get_state()})
+        history = list(card.get("eval_history", []))
+    if rank == 0:
+        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    sched = lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))  # noqa: E731
+    share = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    card_base = dict(objective=objective.to_dict(), data=dict(path=str(cfg.data), key=cfg.data_key,
+                     split=cfg.data_split, images=len(images), image_size=cfg.image_size),
+                     params=count_parameters(model), **origin)
+
+    def save_state() -> None:
+        if rank != 0:
+            return
+        tensors, part = pack_state(model=model, ema=ema, optimizer=opt, step=step,
+                                   rng={"data": data_gen, "noise": noise_gen},
+                                   extra={"images_seen": images_seen, "wall_time": wall,
+                                          "perm": stream.perm, "pos": stream.pos})
+        save_checkpoint(state_path, tensors, {"model": model.to_dict(), "config": cfg.to_dict(),
+                                              "eval_history": history, **part})
+        export_model(model_path, ema, model, {**card_base, "steps": step, "images_seen": images_seen,
+                                              "wall_time_s": round(wall, 1), "config": cfg.to_dict(),
+                                              "command": cfg.command,
+                                              "metrics": history[-1] if history else {},
+                                              "hardware": _hardware(world)})
+
+    bar = None
+    if rank == 0 and cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {objective.kind}", unit="step", dynamic_ncols=True)
+    log = (run / "metrics.jsonl").open("a") if rank == 0 else None
+    model.train()
+    t_last, img_last = time.perf_counter(), images_seen
+    try:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * sched(step)
+            x = stream.next()
+            batch = make_batch(objective, x, noise_gen)
+            mine = type(batch)(*(None if v is None else v[share]
+                                 for v in (getattr(batch, f.name) for f in dataclasses.fields(batch))))
+            loss = loss_on_batch(net, mine)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            images_seen += cfg.batch_size
+            ema.update(model, cfg.batch_size, images_seen)
+            wall += time.perf_counter() - t0
+            if rank == 0:
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    now = time.perf_counter()
+                    ips = (images_seen - img_last) / max(now - t_last, 1e-9)
+                    t_last, img_last = now, images_seen
+                    rec = dict(step=step, loss=float(loss.detach()), grad_norm=float(grad_norm), lr=opt.param_groups[0]["lr"],
+                               images_per_s=round(ips, 2), images_seen=images_seen, wall_time_s=round(wall, 2))
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", img_s=f"{ips:.1f}")
+                if bar is not None:
+                    bar.update(1)
+                if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps) and eval_images is not None:
+                    metrics = dict(step=step, **evaluate(ema.module, objective, eval_images))
+                    history.append(metrics)
+                    log.write(json.dumps({"eval": metrics}) + "\n")
+                    log.flush()
+                    model.train()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_state()
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    return history[-1] if history else {}
+
+
+def _eval_images(cfg: TrainConfig, train_images: torch.Tensor) -> Optional[torch.Tensor]:
+    """Held-out images for periodic evaluation: the eval key/split if given; for an .npz
+    with a ``split`` array, split 1 (validation); for one with ``test_images``, those;
+    else None (no evaluation: training images are not held-out)."""
+    if cfg.eval_images <= 0:
+        return None
+    key, split = cfg.eval_key, cfg.eval_split
+    if key is None and split is None and str(cfg.data).endswith(".npz"):
+        import numpy as np
+
+        with np.load(cfg.data, allow_pickle=False) as z:
+            if "split" in z.files:
+                split = [1]
+            elif "test_images" in z.files:
+                key = "test_images"
+    if key is None and split is None:
+        return None
+    imgs = load_images(cfg.data, key or cfg.data_key, split, cfg.image_size)
+    return to_float(imgs[: cfg.eval_images])
+
+
+def _hardware(world: int) -> str:
+    import platform
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return f"{world} x {dev}, torch {torch.__version__}, {platform.machine()}"
