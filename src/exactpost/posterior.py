@@ -36,6 +36,8 @@ Scalar = Union[float, torch.Tensor]
 EPSNetwork = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
 #: A denoiser ``D(x_t, t) -> x0_hat`` in an interpolant's coordinates.
 Denoiser = Callable[[torch.Tensor, Scalar], torch.Tensor]
+#: Marker for "compute the default conditioning" (None means: the network takes none).
+DEFAULT_COND: Any = object()
 
 
 def batch_vector(value: Scalar, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
@@ -169,15 +171,16 @@ class EPSPosteriorDenoiser:
         y: the measurement, [B, *op.out_shape], finite.
         sigma_y: measurement noise std, >= 0 (0 = noiseless), float or [B].
         interpolant: the interpolant the sampler steps in.
-        cond: conditioning for the network, computed once; default A^T y.
+        cond: conditioning for the network, computed once; by default A^T y; ``None`` for a
+            network that takes no conditioning.
     """
 
     def __init__(self, network: EPSNetwork, op: LinearOperator, y: torch.Tensor, sigma_y: Scalar,
-                 interpolant: Interpolant, cond: Any = None):
+                 interpolant: Interpolant, cond: Any = DEFAULT_COND):
         self.network, self.op, self.interpolant = network, op, interpolant
         self.y = check_measurement(op, y)
         self.sigma_y = check_sigma_y(sigma_y, y.shape[0], y)
-        self.cond = default_conditioning(op, y, self.sigma_y) if cond is None else cond
+        self.cond = default_conditioning(op, y, self.sigma_y) if cond is DEFAULT_COND else cond
 
     def _check(self, x_t: torch.Tensor) -> None:
         self.op.check_x(x_t, "x_t")
@@ -231,7 +234,7 @@ class ZeroShotPivotDenoiser:
     def __init__(self, prior: Denoiser, op: LinearOperator, y: torch.Tensor, sigma_y: Scalar,
                  interpolant: Interpolant):
         self.prior = prior
-        self._eps = EPSPosteriorDenoiser(lambda mu, cond, sigma: mu, op, y, sigma_y, interpolant, cond=False)
+        self._eps = EPSPosteriorDenoiser(lambda mu, cond, sigma: mu, op, y, sigma_y, interpolant, cond=None)
 
     def __call__(self, x_t: torch.Tensor, t: Scalar) -> torch.Tensor:
         mu, _ = self._eps.pivot(x_t, t)

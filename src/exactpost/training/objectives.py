@@ -20,7 +20,8 @@ Conditioning channels (computed once per measurement, at data scale, not scaled 
 * ``pivot+aty``       : A^T y (3 channels);
 * ``pivot+aty+mask``  : A^T y and the certainty map diag(A^T A) ~ mean_c A^T A 1
   (1 channel: the inpainting mask, 1/16 for 4x SR, sum(k)^2 = 1 for blur) -- the default;
-* ``xt+aty+mask``     : Palette's input: x~ in place of the pivot, same channels.
+* ``xt+aty`` / ``xt+aty+mask`` : Palette's input: x~ in place of the pivot (the default for
+  Palette is ``xt+aty+mask``, the same channels as EPS, so the two differ only in the pivot).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ..posterior import pivot_from_sigma
 from ..tasks import make_operator, simulate, task_names
 
 OBJECTIVES = ("prior", "eps", "palette")
-CONDITIONINGS = {"pivot": 0, "pivot+aty": 3, "pivot+aty+mask": 4, "xt+aty+mask": 4}
+CONDITIONINGS = {"pivot": 0, "pivot+aty": 3, "pivot+aty+mask": 4, "xt+aty": 3, "xt+aty+mask": 4}
 DEFAULT_CONDITIONING = {"prior": "pivot", "eps": "pivot+aty+mask", "palette": "xt+aty+mask"}
 
 
@@ -88,10 +89,10 @@ class Objective:
         if self.kind == "prior" and self.conditioning != "pivot":
             raise ValueError("the prior objective takes no conditioning")
         if self.kind == "palette" and not self.conditioning.startswith("xt"):
-            raise ValueError("palette conditions on x_t: use conditioning 'xt+aty+mask'")
+            raise ValueError("palette conditions on x_t: use conditioning 'xt+aty' or 'xt+aty+mask'")
         if self.kind == "eps" and not self.conditioning.startswith("pivot"):
-            if self.conditioning != "xt+aty+mask":
-                raise ValueError(f"bad conditioning {self.conditioning!r} for eps")
+            raise ValueError(f"eps conditions on the pivot: use one of pivot, pivot+aty, pivot+aty+mask "
+                             f"(got {self.conditioning!r}; x_t inputs are the palette objective)")
         self.tasks = list(self.tasks)
         known = task_names()
         for t in self.tasks:
