@@ -27,14 +27,6 @@ TINY = UNetConfig(image_size=16, base_width=8, channel_mults=(1, 2), num_res_blo
                   attn_head_channels=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and with 2 OpenMP threads on a busy 2-core machine
-    each small op waits at a barrier for a time slice (measured: ~100x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def sample_tensors() -> dict[str, torch.Tensor]:

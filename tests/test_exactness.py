@@ -23,12 +23,6 @@ from exactpost.posterior import EPSPosteriorDenoiser
 TOL = 1.3  # SW to the exact posterior at most 1.3x the noise floor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def problems(d: int, dy: int, spacing: float = 8.0):

@@ -37,15 +37,6 @@ SIZES = [8, 16]
 CG_ITERATIONS: dict[str, list[int]] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests make thousands of tiny FFT calls (dense matrices from basis vectors);
-    with 2 OpenMP threads on a busy 2-core machine each call costs ~8 ms of thread wake-up
-    instead of ~10 us, so run this module single-threaded and restore the setting after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -15,14 +15,6 @@ TINY = UNetConfig(image_size=32, base_width=16, channel_mults=(1, 2), num_res_bl
                   attn_head_channels=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and with 2 OpenMP threads on a busy 2-core machine
-    each small op waits at a barrier for a time slice (measured: ~100x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -15,13 +15,6 @@ SIZES = [32, 64]
 RANDOM_TASKS = ["inpaint-random", "inpaint-box", "deblur-motion"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny FFTs are far faster single-threaded on a busy 2-core machine; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def params(op) -> torch.Tensor:

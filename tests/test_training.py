@@ -40,14 +40,6 @@ UNET_DROPOUT = {**UNET, "dropout": 0.1}
 SRC = str(Path(exactpost.__file__).resolve().parents[1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and 2 OpenMP threads on a busy 2-core machine wait
-    for each other at every op."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

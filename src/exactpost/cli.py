@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -95,6 +96,8 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command == "finetune" and not cfg.init_from:
         raise UsageError("finetune needs --init-from PRIOR (a prior's model checkpoint, e.g. runs/prior/model)")
     metrics = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun/accelerate, rank 0 reports
+        return 0
     print(f"done: {cfg.steps} steps; model in {Path(cfg.run_dir) / 'model.safetensors'}")
     if metrics:
         print("held-out: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "step"))

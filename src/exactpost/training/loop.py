@@ -92,6 +92,17 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known: {sorted(names)}")
+        defaults = cls()
+        for key, value in d.items():  # catch {"steps": "ten"} here, not as a TypeError later
+            want = type(getattr(defaults, key))
+            if value is None or want is type(None):
+                continue
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if want is float else \
+                (isinstance(value, int) and not isinstance(value, bool)) if want is int else \
+                isinstance(value, (list, tuple, int, float)) if key == "sigma_y" else isinstance(value, want)
+            if not ok:
+                kind = "a JSON object" if want is dict else want.__name__
+                raise ValueError(f"config key {key!r} must be {kind}, got {value!r}")
         return cls(**d)
 
     def objective_spec(self) -> Objective:
