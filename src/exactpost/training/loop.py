@@ -193,14 +193,17 @@ class EMA:
         self.module.load_state_dict(state)
 
 
-def _dist_info() -> tuple[int, int]:
+def _dist_info() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    created = False
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
+        created = True
     if world > 1:
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+        return torch.distributed.get_rank(), torch.distributed.get_world_size(), created
+    return 0, 1, False
 
 
 class _DDPLossView:
@@ -269,14 +272,25 @@ def train(cfg: TrainConfig) -> dict:
     caller's global torch RNG state is put back on return."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world = _dist_info()
+    rank, world, created = _dist_info()
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda):
-        # without this, dropout would draw from whatever state the process started with
-        # (torch seeds it randomly per process), so a run -- and the comparison of a resumed
-        # run with an uninterrupted one -- would not be reproducible for dropout > 0
-        torch.manual_seed(cfg.seed + 3 + 1000 * rank)
-        return _train(cfg, rank, world)
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            # without this, dropout would draw from whatever state the process started with
+            # (torch seeds it randomly per process), so a run -- and the comparison of a resumed
+            # run with an uninterrupted one -- would not be reproducible for dropout > 0
+            torch.manual_seed(cfg.seed + 3 + 1000 * rank)
+            result = _train(cfg, rank, world)
+    except BaseException:
+        if created:  # no barrier: the other ranks may be blocked in a collective
+            torch.distributed.destroy_process_group()
+        raise
+    if created:
+        # a gloo group left alive at interpreter exit can abort a rank ("terminate called
+        # without an active exception", exit -6), failing the launcher after a good run
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return result
 
 
 def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
