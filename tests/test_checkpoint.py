@@ -27,8 +27,6 @@ TINY = UNetConfig(image_size=16, base_width=8, channel_mults=(1, 2), num_res_blo
                   attn_head_channels=8)
 
 
-
-
 def sample_tensors() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     base = torch.randn(4, 5, generator=g)

@@ -23,8 +23,6 @@ from exactpost.posterior import EPSPosteriorDenoiser
 TOL = 1.3  # SW to the exact posterior at most 1.3x the noise floor
 
 
-
-
 def problems(d: int, dy: int, spacing: float = 8.0):
     return [mcgdiff_problem(d, dy, torch.Generator().manual_seed(s), spacing=spacing) for s in range(3)]
 

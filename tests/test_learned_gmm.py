@@ -19,8 +19,6 @@ from exactpost.bench.gmm_learned import MLPTraining, learned_draw, same_operator
 from exactpost.gmm import mcgdiff_measurement, mcgdiff_prior
 
 
-
-
 def test_eps_mlp_beats_zero_shot_prior_mlp():
     g = torch.Generator().manual_seed(0)
     prior = mcgdiff_prior(8, g, spacing=2.0)

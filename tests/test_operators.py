@@ -37,8 +37,6 @@ SIZES = [8, 16]
 CG_ITERATIONS: dict[str, list[int]] = {}
 
 
-
-
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -11,22 +11,7 @@ import torch
 from exactpost.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear
 from exactpost.nets import EDMPrecond, UNet, UNetConfig, as_denoiser, as_eps_network, edm_coefficients, loss_weight
 
-TINY = UNetConfig(image_size=32, base_width=16, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(16,),
-                  attn_head_channels=16)
-
-
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def perturb(model: torch.nn.Module, seed: int = 1, scale: float = 0.1) -> torch.nn.Module:
-    g = gen(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return model
+from nets_helpers import TINY, gen, perturb  # noqa: E402
 
 
 # (sigma, c_skip, c_out, c_in, c_noise) for sigma_data = 0.5, worked by hand:

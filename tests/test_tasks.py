@@ -15,8 +15,6 @@ SIZES = [32, 64]
 RANDOM_TASKS = ["inpaint-random", "inpaint-box", "deblur-motion"]
 
 
-
-
 def params(op) -> torch.Tensor:
     """The random parameter of an operator (mask or kernel), float64."""
     if isinstance(op, Inpainting):

@@ -40,8 +40,6 @@ UNET_DROPOUT = {**UNET, "dropout": 0.1}
 SRC = str(Path(exactpost.__file__).resolve().parents[1])
 
 
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """40 random 16x16 RGB uint8 images, [N, H, W, 3], with a ``split`` array (32 train, 8 val)."""
