@@ -439,3 +439,29 @@ def test_missing_data_flag_is_one_line(tmp_path, capsys):
     rc, err = _main(["train", "--run-dir", str(tmp_path / "run"), "--steps", "2"], capsys)
     _assert_one_line_error(rc, err)
     assert "--data" in err
+
+
+def test_prior_then_finetune_then_sample_end_to_end(data, tmp_path, capsys):
+    """The user's path: train a prior, fine-tune it into EPS, sample the prior to a PNG; the
+    exported cards record what a model card must (command, data, steps, images seen, wall
+    time, hardware, objective, sha256)."""
+    prior_dir, eps_dir = tmp_path / "prior", tmp_path / "eps"
+    rc, err = _main(_train_args(data, prior_dir, steps=3, objective="prior"), capsys)
+    assert rc == 0, err
+    args = _train_args(data, eps_dir, steps=3)
+    args[0] = "finetune"
+    rc, err = _main(args + ["--init-from", str(prior_dir / "model")], capsys)
+    assert rc == 0, err
+    card = json.loads((eps_dir / "model.json").read_text())
+    for key in ("command", "data", "steps", "images_seen", "wall_time_s", "hardware", "objective", "sha256",
+                "init_from"):
+        assert key in card, key
+    assert card["steps"] == 3 and card["images_seen"] == 24 and card["objective"]["kind"] == "eps"
+    assert card["command"].startswith("exactpost finetune")
+    png = tmp_path / "s.png"
+    rc, err = _main(["sample", "--model", str(prior_dir / "model"), "--n", "4", "--steps", "2", "--out", str(png)], capsys)
+    assert rc == 0, err
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size == (2 * SIZE + 1, 2 * SIZE + 1)  # a 2x2 grid with 1-pixel gaps
