@@ -141,32 +141,30 @@ class BatchStream:
 
     Each epoch is a permutation drawn from ``generator``; ``state()`` / ``load_state()``
     capture the generator, the current permutation and the position, so a resumed run sees
-    exactly the batches the uninterrupted run would have seen. ``rank``/``world`` split each
-    global batch across processes (every process holds the same permutation)."""
+    exactly the batches the uninterrupted run would have seen. Under torch.distributed every
+    process holds the same stream and the training loop keeps its own share of each batch."""
 
     def __init__(self, images_u8: torch.Tensor, batch_size: int, generator: torch.Generator,
-                 flip: bool = True, rank: int = 0, world: int = 1):
-        if batch_size < 1 or batch_size % world:
-            raise ValueError(f"batch_size {batch_size} must be >= 1 and divisible by the {world} processes")
+                 flip: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(images_u8) < batch_size:
             raise DataError(f"{len(images_u8)} images are fewer than one batch of {batch_size}")
         self.images, self.batch_size, self.generator = images_u8, batch_size, generator
-        self.flip, self.rank, self.world = flip, rank, world
+        self.flip = flip
         self.perm = torch.randperm(len(images_u8), generator=generator)
         self.pos = 0
 
     def next(self) -> torch.Tensor:
-        """The next global batch's share for this rank: float [B / world, 3, H, W] in [-1, 1]."""
+        """The next batch: float [B, 3, H, W] in [-1, 1]."""
         if self.pos + self.batch_size > len(self.perm):
             self.perm = torch.randperm(len(self.images), generator=self.generator)
             self.pos = 0
         idx = self.perm[self.pos: self.pos + self.batch_size]
         self.pos += self.batch_size
-        flips = torch.rand(self.batch_size, generator=self.generator) < 0.5 if self.flip else None
-        share = slice(self.rank * self.batch_size // self.world, (self.rank + 1) * self.batch_size // self.world)
-        x = to_float(self.images[idx[share]])
-        if flips is not None:
-            f = flips[share]
+        x = to_float(self.images[idx])
+        if self.flip:
+            f = torch.rand(self.batch_size, generator=self.generator) < 0.5
             x[f] = x[f].flip(-1)
         return x
 
