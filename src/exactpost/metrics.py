@@ -8,11 +8,27 @@ theta_l uniform on the unit sphere (L = ``n_projections``), where the 1-D W_2 be
 equal-size empirical distributions is the root-mean-square difference of their sorted
 projections. Passing the same ``generator`` seed gives the same projections, so distances
 of several sample sets to one reference are comparable.
+
+Image scores, per sample (``Tensor[B]``), for images ``[B, C, H, W]`` in [-1, 1]. The
+estimate ``x`` (or each posterior sample) is clamped to [-1, 1] first, as it is when saved
+as a PNG; ``clamp=False`` scores the raw values. The reference is used as given.
+
+:func:`psnr`: ``10 log10(data_range^2 / MSE)``, MSE over C, H, W; ``data_range = 2``
+    for [-1, 1] images (the same number as PSNR of the 8-bit images with range 255, up to
+    rounding). ``+inf`` for identical images.
+:func:`ssim`: mean SSIM of Wang et al. (2004) with the scikit-image convention
+    ``structural_similarity(x, ref, gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=2, channel_axis=...)``.
+:func:`crps`: the fair (unbiased) ensemble CRPS of M samples, per pixel, averaged over
+    pixels, in the images' units ([-1, 1] scale; halve it for a [0, 1] scale).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 
 def random_directions(d: int, n: int, generator: torch.Generator | None = None,
@@ -34,3 +50,126 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 10
     px = torch.sort(x @ theta, dim=0).values
     py = torch.sort(y @ theta, dim=0).values
     return float(((px - py) ** 2).mean().sqrt())
+
+
+def _check_images(x: torch.Tensor, ref: torch.Tensor, what: str = "x") -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(ref, torch.Tensor):
+        raise ValueError(f"{what} and ref must be torch tensors")
+    if x.dim() != 4 or x.shape != ref.shape:
+        raise ValueError(f"{what} and ref must be images [B, C, H, W] of the same shape, got "
+                         f"{tuple(x.shape)} and {tuple(ref.shape)}")
+
+
+def _check_range(data_range: float) -> float:
+    r = float(data_range)
+    if not math.isfinite(r) or r <= 0:
+        raise ValueError(f"data_range must be finite and > 0, got {data_range!r}")
+    return r
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0, *,
+         clamp: bool = True) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB, per sample: ``[B]`` (float64).
+
+    ``PSNR = 10 log10(data_range^2 / MSE)``, ``MSE = mean_{c,h,w} (x - ref)^2`` with ``x``
+    clamped to [-1, 1] (``clamp=True``); ``data_range = 2`` for images in [-1, 1].
+    Identical images give ``+inf``.
+    """
+    _check_images(x, ref)
+    r = _check_range(data_range)
+    x = x.detach().to(torch.float64)
+    if clamp:
+        x = x.clamp(-1, 1)
+    mse = ((x - ref.detach().to(torch.float64)) ** 2).mean(dim=(1, 2, 3))
+    return 10 * torch.log10(r**2 / mse)
+
+
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5  # int(3.5 * sigma + 0.5): scipy's gaussian_filter truncate=3.5 -> 11 x 11
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def ssim_window(dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The separable SSIM window, 1-D: ``w[k] ∝ exp(-(k - 5)^2 / (2 * 1.5^2))``, k = 0..10,
+    normalised to sum 1 (the 2-D window is ``w w^T``, also summing to 1)."""
+    r = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
+    w = torch.exp(-(r**2) / (2 * SSIM_SIGMA**2))
+    return (w / w.sum()).to(dtype)
+
+
+def ssim(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0, *,
+         clamp: bool = True) -> torch.Tensor:
+    """Mean structural similarity (Wang et al. 2004), per sample: ``[B]`` (float64).
+
+    Convention: scikit-image's ``structural_similarity(x, ref, gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False, data_range=data_range, channel_axis=0)`` per
+    image. With the 11 x 11 Gaussian window w (std 1.5 px, sum 1; :func:`ssim_window`) and
+    ``E_w`` the w-weighted local mean at each *valid* window position (no padding, so the
+    map is ``(H - 10) x (W - 10)``; scikit-image filters with reflection and then crops the
+    same 5-pixel border, which gives identical numbers),
+
+        mu_x = E_w[x],  var_x = E_w[x^2] - mu_x^2,  cov = E_w[x ref] - mu_x mu_ref  (same for ref)
+        S = (2 mu_x mu_ref + C1)(2 cov + C2) / ((mu_x^2 + mu_ref^2 + C1)(var_x + var_ref + C2)),
+        C1 = (0.01 data_range)^2,  C2 = (0.03 data_range)^2,
+
+    computed per channel; the result is the mean of S over channels and positions.
+    ``x`` is clamped to [-1, 1] (``clamp=True``); ``data_range = 2`` for [-1, 1] images.
+    Needs H, W >= 11. Computed in float64.
+    """
+    _check_images(x, ref)
+    r = _check_range(data_range)
+    B, C, H, W = x.shape
+    k = 2 * SSIM_RADIUS + 1
+    if H < k or W < k:
+        raise ValueError(f"SSIM needs images of at least {k}x{k} pixels (the Gaussian window), "
+                         f"got {H}x{W}")
+    x = x.detach().to(torch.float64)
+    if clamp:
+        x = x.clamp(-1, 1)
+    y = ref.detach().to(device=x.device, dtype=torch.float64)
+    x, y = x.reshape(B * C, 1, H, W), y.reshape(B * C, 1, H, W)
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [B C, 5, H, W]
+    w = ssim_window().to(x.device)
+    stack = F.conv2d(stack, w.reshape(1, 1, k, 1).expand(5, 1, k, 1), groups=5)
+    stack = F.conv2d(stack, w.reshape(1, 1, 1, k).expand(5, 1, 1, k), groups=5)
+    mx, my, exx, eyy, exy = stack.unbind(1)
+    vx, vy, cxy = exx - mx * mx, eyy - my * my, exy - mx * my
+    c1, c2 = (SSIM_K1 * r) ** 2, (SSIM_K2 * r) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.reshape(B, -1).mean(dim=1)
+
+
+def crps(samples: torch.Tensor, ref: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
+    """Fair ensemble CRPS per pixel, averaged over pixels, per sample: ``[B]`` (float64).
+
+    ``samples`` ``[M, B, C, H, W]`` (M >= 2 posterior samples per measurement), ``ref``
+    ``[B, C, H, W]``. For every pixel, with ensemble x_1..x_M and truth y,
+
+        CRPS_fair = (1/M) sum_i |x_i - y|  -  1/(2 M (M - 1)) sum_{i != j} |x_i - x_j|,
+
+    the unbiased estimator of CRPS(F, y) = E|X - y| - E|X - X'|/2 for X, X' ~ F iid (the
+    "fair" CRPS of Ferro 2014; the plug-in version divides by 2 M^2 instead and is biased
+    upward by E|X - X'| / (2 M)). It can be slightly negative. It is in the images' units
+    (the [-1, 1] scale; half of it on a [0, 1] scale); lower is better, and for M = 1 it
+    would reduce to the MAE, which is why M >= 2 is required. The pair sum is computed in
+    O(M log M) from the sorted ensemble: sum_{i<j} |x_(j) - x_(i)| = sum_k (2k - M - 1) x_(k),
+    k = 1..M. Samples are clamped to [-1, 1] (``clamp=True``).
+    """
+    if not isinstance(samples, torch.Tensor) or not isinstance(ref, torch.Tensor):
+        raise ValueError("samples and ref must be torch tensors")
+    if samples.dim() != 5 or samples.shape[1:] != ref.shape:
+        raise ValueError(f"samples must be [M, B, C, H, W] and ref [B, C, H, W] with matching "
+                         f"B, C, H, W, got {tuple(samples.shape)} and {tuple(ref.shape)}")
+    M = samples.shape[0]
+    if M < 2:
+        raise ValueError(f"the ensemble CRPS needs at least 2 samples per measurement, got {M}")
+    xs = samples.detach().to(torch.float64)
+    if clamp:
+        xs = xs.clamp(-1, 1)
+    y = ref.detach().to(device=xs.device, dtype=torch.float64)
+    skill = (xs - y).abs().mean(dim=0)
+    srt = torch.sort(xs, dim=0).values
+    coef = (2 * torch.arange(1, M + 1, dtype=torch.float64, device=xs.device) - M - 1)
+    pair_sum = (coef.reshape(M, 1, 1, 1, 1) * srt).sum(dim=0)  # sum_{i<j} |x_i - x_j|
+    spread = pair_sum / (M * (M - 1))  # = 1/(2 M (M-1)) sum_{i != j}
+    return (skill - spread).flatten(1).mean(dim=1)
