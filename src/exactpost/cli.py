@@ -127,6 +127,77 @@ def cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _fmt_int(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else "-"
+
+
+def cmd_models(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from . import zoo
+
+    entries = zoo.list_models()
+    if args.json:
+        print(json.dumps([{"name": e.name, "kind": e.kind, "path": str(e.path), "card": e.card} for e in entries],
+                         indent=2))
+        return 0
+    if not entries:
+        print(f"no bundled models in {zoo.models_dir()}")
+        return 0
+    print(f"bundled models in {zoo.models_dir()}:")
+    print(f"{'name':<12} {'kind':<8} {'params':>10} {'steps':>7} {'images seen':>12} {'wall h':>7}  data / init")
+    for e in entries:
+        c = e.card
+        wall = c.get("wall_time_s")
+        data = c.get("data", {}) if isinstance(c.get("data"), dict) else {}
+        where = f"{Path(str(data.get('path', '?'))).name} split {data.get('split')}"
+        if c.get("init_from"):
+            where += f", from {Path(str(c['init_from'])).name}"
+        print(f"{e.name:<12} {e.kind:<8} {_fmt_int(c.get('params')):>10} {_fmt_int(c.get('steps')):>7} "
+              f"{_fmt_int(c.get('images_seen')):>12} {(wall or 0) / 3600:>7.2f}  {where}")
+        quality = c.get("quality")
+        if isinstance(quality, dict) and quality.get("summary"):
+            print(f"{'':<21} {quality['summary']}")
+    print("cards (command, data, hardware, metrics): exactpost models --json, or models/<name>/<kind>.json")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import torch
+
+    from .demo import markdown_table, run_demo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tasks = _str_list(args.tasks) if args.tasks else None
+    res = run_demo(model=args.model, tasks=tasks, n_images=args.images, n_samples=args.samples, nfe=args.nfe,
+                   seed=args.seed, out=args.out, sigma_y=args.sigma_y, progress=not args.no_progress)
+    print(markdown_table(res["tasks"]))
+    print(f"model {res['model']} ({res['model_steps']} steps); {res['total_seconds']:.1f} s in total; "
+          f"pictures and results.md/json in {Path(args.out).resolve()}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import torch
+
+    from .restore import run_restore
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = run_restore(args.input, args.task, model=args.model, method=args.method, simulate_input=args.simulate,
+                       mask=args.mask, kernel=args.kernel, n_samples=args.samples, nfe=args.nfe,
+                       sigma_y=args.sigma_y, seed=args.seed, out=args.out, overwrite=args.overwrite)
+    for notice in info["notices"]:
+        print(f"notice: {notice}")
+    line = (f"{info['method']} on {info['task']} ({info['mode']}): posterior mean ({info['nfe_mean']} NFE) and "
+            f"{info['n_samples']} samples ({info['nfe_sample']} NFE each) in {info['seconds']:.1f} s")
+    if "scores" in info:
+        sc = info["scores"]
+        line += f"; PSNR mean {sc['psnr_mean']:.2f} dB, SSIM mean {sc['ssim_mean']:.3f}"
+    print(line)
+    print(f"wrote mean.png, std.png, sample_*.png, measurement.png and restore.json to {Path(args.out).resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="exactpost", description="Exact posterior sampling (EPS) for linear inverse problems.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -140,6 +211,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=18, help="EDM Heun steps (NFE = 2 steps - 1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="samples.png")
+    m = sub.add_parser("models", help="list the bundled models and their cards")
+    m.add_argument("--json", action="store_true", help="print the full cards as JSON")
+    d = sub.add_parser("demo", help="posterior samples of bundled test images for every task (CPU, < 3 min)")
+    d.add_argument("--model", default="faces-32", help="bundled model name or an EPS checkpoint path (default faces-32)")
+    d.add_argument("--tasks", default=None, help="comma-separated task ids (default: all five)")
+    d.add_argument("--images", type=int, default=8, help="number of bundled test images (default 8)")
+    d.add_argument("--samples", type=int, default=4, help="posterior samples per image (default 4)")
+    d.add_argument("--nfe", type=int, default=20, help="network evaluations per sample (default 20)")
+    d.add_argument("--sigma-y", type=float, default=0.05, help="measurement noise std on [-1, 1] images (default 0.05)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="exactpost-demo", help="output folder (default ./exactpost-demo)")
+    d.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = sub.add_parser("restore", help="restore your own image: posterior mean, samples and std as PNGs")
+    r.add_argument("input", help="the measurement image (or, with --simulate, a clean image to degrade)")
+    r.add_argument("--task", required=True, help="inpaint-random, inpaint-box, sr4, deblur-gauss or deblur-motion")
+    r.add_argument("--simulate", action="store_true", help="degrade the clean input with the task's operator first")
+    r.add_argument("--mask", default=None, help="inpainting mask image (white = observed, black = missing)")
+    r.add_argument("--kernel", default=None, help="blur kernel: .npy, .txt/.csv or a grayscale image (>= 0)")
+    r.add_argument("--model", default="faces-32", help="bundled model name or a checkpoint path (default faces-32)")
+    r.add_argument("--method", default="eps", help="eps (default), palette, or a zero-shot baseline on the prior")
+    r.add_argument("--samples", type=int, default=4, help="posterior samples (default 4)")
+    r.add_argument("--nfe", type=int, default=None, help="network evaluations per sample (default 20 for eps, "
+                                                          "100 otherwise)")
+    r.add_argument("--sigma-y", type=float, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default="exactpost-restore", help="output folder (default ./exactpost-restore)")
+    r.add_argument("--overwrite", action="store_true", help="write into an existing non-empty output folder")
+    r.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     return ap
 
 
@@ -147,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = build_parser()
     args = ap.parse_args(argv)  # argparse itself exits 2 with a one-line usage error
-    handlers = {"train": cmd_train, "finetune": cmd_train, "sample": cmd_sample}
+    handlers = {"train": cmd_train, "finetune": cmd_train, "sample": cmd_sample, "models": cmd_models,
+                "demo": cmd_demo, "restore": cmd_restore}
     try:
         return handlers[args.command](args, argv)
     except (UsageError, DataError, CheckpointError, ValueError, FileNotFoundError) as exc:

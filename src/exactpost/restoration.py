@@ -1,0 +1,161 @@
+"""Posterior restoration with a trained network: the 1-NFE posterior mean, posterior
+samples and the per-pixel posterior standard deviation, for EPS and for Palette.
+
+EPS (the default): the network was trained to denoise the pivot mu* (see
+:mod:`exactpost.posterior`), so ``EPSPosteriorDenoiser`` is a plain denoiser of
+p(x_t | y) and any sampler of the backbone samples the posterior.
+
+- posterior mean: one call at sigma_max (1 NFE): D~(s(T) e, T) -> E[x0 | y];
+- samples: EDM Heun on the posterior denoiser, started at sigma_max from
+  N(mean, sigma_max^2 I) (the exact start; see ``samplers.edm_sampler(init_mean=...)``),
+  with ``nfe - 1`` evaluations so that, counting the shared mean, each sample costs
+  ``nfe`` network evaluations (Heun with N steps uses 2 N - 1);
+- std: the per-pixel standard deviation over the samples (unbiased, M - 1).
+
+Palette (the trained baseline): the network denoises x_t given [A^T y, certainty];
+samples come from EDM Heun from pure noise with ``nfe`` evaluations, and its "mean" is
+the network's single call at sigma_max (Palette's regression to E[x0 | y]).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from .interpolants import EDM
+from .operators.base import LinearOperator
+from .posterior import EPSPosteriorDenoiser
+from .samplers import edm_heun, heun_steps_for_nfe
+from .training.objectives import conditioning
+
+SIGMA_MAX = 80.0
+
+
+@dataclass
+class Restoration:
+    """What a restoration returns (images in [-1, 1]).
+
+    mean [B, C, H, W]; samples [M, B, C, H, W]; std [B, C, H, W] (per pixel over the M
+    samples); ``nfe_mean`` network evaluations for the mean, ``nfe_sample`` per sample
+    (including a shared start such as the mean); ``seconds`` of wall time in total."""
+
+    mean: torch.Tensor
+    samples: torch.Tensor
+    std: torch.Tensor
+    nfe_mean: int
+    nfe_sample: int
+    seconds: float
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _card_objective(card: dict) -> dict:
+    obj = card.get("objective")
+    if not isinstance(obj, dict) or "kind" not in obj:
+        raise ValueError("the model card has no 'objective' entry; it was not written by exactpost's training loop")
+    return obj
+
+
+def task_index(card: dict, task: str) -> int:
+    """The model's task-embedding index of ``task`` (ValueError if it was not trained for it)."""
+    tasks = list(_card_objective(card).get("tasks", []))
+    if task not in tasks:
+        raise ValueError(f"this model was trained for tasks {', '.join(tasks)}; {task!r} is not one of them")
+    return tasks.index(task)
+
+
+def _embeddings(net: torch.nn.Module, card: dict, task: str, sigma_y: float, batch: int
+                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    cfg = net.config
+    tid = torch.full((batch,), task_index(card, task), dtype=torch.long) if cfg.num_tasks else None
+    syv = torch.full((batch,), float(sigma_y)) if cfg.sigma_y_embedding else None
+    return tid, syv
+
+
+def _stats(samples: torch.Tensor) -> torch.Tensor:
+    return samples.std(0, unbiased=True) if samples.shape[0] > 1 else torch.zeros_like(samples[0])
+
+
+def _check_request(n_samples: int, nfe: int, minimum_nfe: int) -> None:
+    if n_samples < 0:
+        raise ValueError(f"the number of samples must be >= 0, got {n_samples}")
+    if nfe < minimum_nfe:
+        raise ValueError(f"nfe must be >= {minimum_nfe}, got {nfe}")
+
+
+@torch.no_grad()
+def eps_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor, sigma_y: float, task: str,
+                *, n_samples: int = 4, nfe: int = 20, generator: Optional[torch.Generator] = None,
+                sigma_max: float = SIGMA_MAX, on_sample: Optional[Callable[[int], None]] = None) -> Restoration:
+    """EPS posterior mean (1 NFE) and ``n_samples`` posterior samples of ``nfe`` NFE each.
+
+    ``net`` is an EPS :class:`~exactpost.nets.EDMPrecond` and ``card`` its model card (for
+    the task list and conditioning); y [B, *op.out_shape]. ``on_sample(i)`` is called after
+    each sample (progress)."""
+    obj = _card_objective(card)
+    if obj["kind"] != "eps":
+        raise ValueError(f"this is a {obj['kind']} model; EPS restoration needs an EPS network")
+    _check_request(n_samples, nfe, 2)
+    t0 = time.perf_counter()
+    B = y.shape[0]
+    tid, syv = _embeddings(net, card, task, sigma_y, B)
+    cond = conditioning(obj["conditioning"], op, y)
+
+    def network(mu: torch.Tensor, c: Any, sigma: torch.Tensor) -> torch.Tensor:
+        return net(mu, sigma, cond=c, task_id=tid, sigma_y=syv)
+
+    den = EPSPosteriorDenoiser(network, op, y, sigma_y, EDM(), cond=cond)
+    mean = den.posterior_mean(sigma_max, generator, y.dtype)
+    steps = heun_steps_for_nfe(nfe - 1)
+    draws = []
+    nfe_sample = 1
+    for i in range(n_samples):
+        out = edm_heun(den, (B,) + tuple(op.in_shape), steps=steps, sigma_max=sigma_max, generator=generator,
+                       init_mean=mean, dtype=y.dtype)
+        draws.append(out.x0)
+        nfe_sample = out.nfe + 1
+        if on_sample is not None:
+            on_sample(i)
+    samples = torch.stack(draws) if draws else mean.new_zeros((0,) + tuple(mean.shape))
+    return Restoration(mean, samples, _stats(samples) if draws else torch.zeros_like(mean), 1,
+                       nfe_sample if draws else 0, time.perf_counter() - t0, "eps",
+                       dict(sampler="edm_heun", heun_steps=steps, sigma_max=sigma_max, start="posterior mean"))
+
+
+@torch.no_grad()
+def palette_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor, sigma_y: float, task: str,
+                    *, n_samples: int = 4, nfe: int = 100, generator: Optional[torch.Generator] = None,
+                    sigma_max: float = SIGMA_MAX, on_sample: Optional[Callable[[int], None]] = None) -> Restoration:
+    """Palette: one call at sigma_max as the mean, and ``n_samples`` EDM Heun samples from
+    pure noise with ``nfe`` NFE each (the conditional network as a plain denoiser)."""
+    obj = _card_objective(card)
+    if obj["kind"] != "palette":
+        raise ValueError(f"this is a {obj['kind']} model; Palette restoration needs a Palette network")
+    _check_request(n_samples, nfe, 1)
+    t0 = time.perf_counter()
+    B = y.shape[0]
+    tid, syv = _embeddings(net, card, task, sigma_y, B)
+    cond = conditioning(obj["conditioning"], op, y)
+
+    def den(x_t: torch.Tensor, t: Any) -> torch.Tensor:  # EDM: a = 1, sigma = t
+        return net(x_t, t, cond=cond, task_id=tid, sigma_y=syv)
+
+    shape = (B,) + tuple(op.in_shape)
+    e = torch.randn(shape, generator=generator, dtype=y.dtype)
+    mean = den(sigma_max * e, sigma_max)
+    steps = heun_steps_for_nfe(nfe)
+    draws = []
+    nfe_sample = 0
+    for i in range(n_samples):
+        out = edm_heun(den, shape, steps=steps, sigma_max=sigma_max, generator=generator, dtype=y.dtype)
+        draws.append(out.x0)
+        nfe_sample = out.nfe
+        if on_sample is not None:
+            on_sample(i)
+    samples = torch.stack(draws) if draws else mean.new_zeros((0,) + tuple(mean.shape))
+    return Restoration(mean, samples, _stats(samples) if draws else torch.zeros_like(mean), 1, nfe_sample,
+                       time.perf_counter() - t0, "palette",
+                       dict(sampler="edm_heun", heun_steps=steps, sigma_max=sigma_max, start="noise"))

@@ -1,0 +1,128 @@
+"""`exactpost demo` and `exactpost models` end to end on a tiny random model folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from exactpost import zoo
+from exactpost.cli import main
+from exactpost.tasks import task_names
+from zoo_helpers import make_tiny_models
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return make_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def models_env(tiny_root, monkeypatch):
+    monkeypatch.setenv(zoo.ENV_VAR, str(tiny_root))
+    return tiny_root
+
+
+def test_demo_writes_one_panel_per_task_and_results(models_env, tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--model", "tiny-32", "--images", "3", "--samples", "2", "--nfe", "8", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["task"] for r in res["tasks"]] == task_names()
+    for r in res["tasks"]:
+        assert r["nfe_mean"] == 1 and r["nfe_sample"] == 8  # the shared mean + Heun with 4 steps (7 NFE)
+        for k in ("psnr_mean", "ssim_mean", "psnr_sample", "ssim_sample", "crps", "seconds_per_image"):
+            assert np.isfinite(r[k])
+        img = np.asarray(Image.open(out / r["image"]))
+        # 3 rows (images) x (truth, measurement, mean, 2 samples, std) columns of 32 px, 1 px gaps
+        assert img.shape == (3 * 33 - 1, 6 * 33 - 1, 3)
+    md = (out / "results.md").read_text()
+    assert "| sr4 |" in md and "Total wall time" in md
+    printed = capsys.readouterr().out
+    assert "| inpaint-box |" in printed and str(out.resolve()) in printed
+
+
+def test_demo_nfe_counts_the_shared_mean(models_env, tmp_path):
+    """nfe = 20: the mean (1) + EDM Heun with 10 steps (19) -> 20 per sample."""
+    from exactpost.demo import run_demo
+
+    res = run_demo("tiny-32", tasks=["sr4"], n_images=1, n_samples=2, nfe=20, out=tmp_path / "d", progress=False)
+    assert res["tasks"][0]["nfe_sample"] == 20
+    assert res["settings"]["sampler"]["heun_steps"] == 10
+    odd = run_demo("tiny-32", tasks=["sr4"], n_images=1, n_samples=2, nfe=7, out=tmp_path / "e", progress=False)
+    assert odd["tasks"][0]["nfe_sample"] == 6  # never more than asked: Heun spends 2 N - 1
+
+
+def test_demo_is_reproducible_and_tasks_are_independent(models_env, tmp_path):
+    from exactpost.demo import run_demo
+
+    a = run_demo("tiny-32", n_images=2, n_samples=2, nfe=3, seed=5, out=tmp_path / "a", progress=False)
+    b = run_demo("tiny-32", tasks=["deblur-gauss"], n_images=2, n_samples=2, nfe=3, seed=5, out=tmp_path / "b",
+                 progress=False)
+    c = run_demo("tiny-32", tasks=["deblur-gauss"], n_images=2, n_samples=2, nfe=3, seed=6, out=tmp_path / "c",
+                 progress=False)
+    row_a = next(r for r in a["tasks"] if r["task"] == "deblur-gauss")
+    assert row_a["crps"] == b["tasks"][0]["crps"] and row_a["psnr_sample"] == b["tasks"][0]["psnr_sample"]
+    assert c["tasks"][0]["crps"] != b["tasks"][0]["crps"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--model", "tiny-32", "--tasks", "inpaint-everything"], "unknown task"),
+    (["--model", "tiny-32", "--samples", "1"], "--samples >= 2"),
+    (["--model", "tiny-32", "--nfe", "1"], "--nfe must be >= 2"),
+    (["--model", "tiny-32", "--images", "99"], "only 6 demo images"),
+])
+def test_demo_bad_options_exit_2_with_one_line_and_write_nothing(models_env, tmp_path, capsys, argv, needle):
+    out = tmp_path / "never"
+    rc = main(["demo", *argv, "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and "\n" not in err and err.startswith("exactpost: error:")
+    assert not out.exists()
+
+
+def test_models_lists_every_checkpoint(models_env, capsys):
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    for kind in ("prior", "eps", "palette"):
+        assert f"tiny-32      {kind}" in text
+    assert main(["models", "--json"]) == 0
+    cards = json.loads(capsys.readouterr().out)
+    assert {(c["name"], c["kind"]) for c in cards} == {("tiny-32", k) for k in zoo.KINDS}
+    assert all(len(c["card"]["sha256"]) == 64 for c in cards)
+
+
+def test_find_model_messages(models_env, tmp_path):
+    with pytest.raises(zoo.ModelNotFound, match="bundled models: tiny-32"):
+        zoo.find_model("faces-99")
+    with pytest.raises(zoo.ModelNotFound, match="unknown model kind"):
+        zoo.find_model("tiny-32", "gan")
+    make_tiny_models(tmp_path, name="only-prior", kinds=("prior",))
+    with pytest.raises(zoo.ModelNotFound, match="has no eps network"):
+        zoo.find_model("only-prior", "eps", root=tmp_path)
+    entry = zoo.find_model(str(models_env / "tiny-32" / "eps.safetensors"))  # a path works too
+    assert entry.card["objective"]["kind"] == "eps"
+    with pytest.raises(zoo.ModelNotFound, match="not found"):
+        zoo.find_model(str(tmp_path / "missing" / "eps"))
+
+
+def test_eps_restore_refuses_a_palette_card(models_env):
+    import torch
+
+    from exactpost.restoration import eps_restore, palette_restore
+    from exactpost.tasks import make_operator, simulate
+
+    pal = zoo.find_model("tiny-32", "palette")
+    x0 = torch.zeros(1, 3, 32, 32)
+    op = make_operator("sr4", 1, (3, 32, 32), generator=torch.Generator().manual_seed(0))
+    y = simulate(op, x0, 0.05, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="needs an EPS network"):
+        eps_restore(zoo.load(pal), pal.card, op, y, 0.05, "sr4")
+    res = palette_restore(zoo.load(pal), pal.card, op, y, 0.05, "sr4", n_samples=3, nfe=5,
+                          generator=torch.Generator().manual_seed(2))
+    assert res.samples.shape == (3, 1, 3, 32, 32) and res.nfe_sample == 5 and torch.isfinite(res.std).all()
+    with pytest.raises(ValueError, match="trained for tasks"):
+        palette_restore(zoo.load(pal), pal.card, op, y, 0.05, "denoise")

@@ -1,0 +1,127 @@
+"""`exactpost restore` end to end on a tiny random model folder, and every input error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from exactpost import zoo
+from exactpost.cli import main
+from zoo_helpers import make_tiny_models
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("restore")
+    make_tiny_models(root / "models")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "photo.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "low.png")
+    mask = np.full((32, 32), 255, np.uint8)
+    mask[4:20, 6:22] = 0
+    Image.fromarray(mask).save(root / "mask.png")
+    Image.fromarray(mask[:16, :16]).save(root / "mask16.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "black.png")
+    np.save(root / "kernel.npy", np.outer([1, 2, 1], [1, 2, 1]).astype(float))
+    np.save(root / "negative.npy", np.array([[0.5, -0.1], [0.3, 0.3]]))
+    np.save(root / "zeros.npy", np.zeros((3, 3)))
+    np.save(root / "nan.npy", np.array([[1.0, np.nan], [1.0, 1.0]]))
+    (root / "garbage.png").write_bytes(b"this is not a png")
+    return root
+
+
+@pytest.fixture
+def env(files, monkeypatch):
+    monkeypatch.setenv(zoo.ENV_VAR, str(files / "models"))
+    return files
+
+
+def run(env, tmp_path, *argv):
+    out = tmp_path / "out"
+    rc = main(["restore", "--model", "tiny-32", "--samples", "2", "--nfe", "4", "--out", str(out),
+               *[str(a) for a in argv]])  # argv last: its options override these defaults
+    return rc, out
+
+
+def test_simulate_mode_writes_every_output_and_scores(env, tmp_path, capsys):
+    rc, out = run(env, tmp_path, env / "photo.png", "--task", "inpaint-random", "--simulate")
+    assert rc == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"mean.png", "std.png", "sample_0.png", "sample_1.png", "samples.png", "measurement.png",
+                     "truth.png", "restore.json"}
+    info = json.loads((out / "restore.json").read_text())
+    assert info["mode"] == "simulate" and info["nfe_sample"] == 4 and np.isfinite(info["scores"]["psnr_mean"])
+    assert np.asarray(Image.open(out / "mean.png")).shape == (32, 32, 3)
+    printed = capsys.readouterr().out
+    assert "is 48x40" in printed and "centre-cropped" in printed  # the resize notice
+
+
+@pytest.mark.parametrize("argv", [
+    ["low.png", "--task", "sr4"],
+    ["photo.png", "--task", "inpaint-box", "--mask", "mask.png"],
+    ["photo.png", "--task", "deblur-motion", "--kernel", "kernel.npy"],
+])
+def test_measurement_mode_for_each_family(env, tmp_path, argv):
+    rc, out = run(env, tmp_path, env / argv[0], *[env / a if a.endswith((".png", ".npy")) else a for a in argv[1:]])
+    assert rc == 0
+    info = json.loads((out / "restore.json").read_text())
+    assert info["mode"] == "measurement" and "scores" not in info
+    assert np.asarray(Image.open(out / "samples.png")).shape == (32, 2 * 33 - 1, 3)
+
+
+def test_observed_pixels_of_a_measurement_are_what_the_mask_keeps(env, tmp_path):
+    """In measurement mode the image outside the mask never enters: two inputs that differ
+    only in masked-out pixels give identical restorations."""
+    img = np.asarray(Image.open(env / "photo.png").crop((8, 4, 40, 36)))
+    other = img.copy()
+    other[4:20, 6:22] = 255 - other[4:20, 6:22]
+    Image.fromarray(img).save(tmp_path / "a.png")
+    Image.fromarray(other).save(tmp_path / "b.png")
+    outs = []
+    for name in ("a", "b"):
+        rc = main(["restore", str(tmp_path / f"{name}.png"), "--task", "inpaint-box", "--mask", str(env / "mask.png"),
+                   "--model", "tiny-32", "--samples", "2", "--nfe", "4", "--out", str(tmp_path / f"o{name}")])
+        assert rc == 0
+        outs.append(np.asarray(Image.open(tmp_path / f"o{name}" / "samples.png")))
+    assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["missing.png", "--task", "sr4", "--simulate"], "missing.png"),
+    (["garbage.png", "--task", "sr4", "--simulate"], "garbage.png"),
+    (["photo.png", "--task", "inpaint-box", "--mask", "mask16.png"], "16x16"),
+    (["photo.png", "--task", "inpaint-box", "--mask", "black.png"], "mask"),
+    (["photo.png", "--task", "inpaint-box"], "needs --mask"),
+    (["photo.png", "--task", "paint-it-black", "--simulate"], "unknown task"),
+    (["photo.png", "--task", "deblur-gauss", "--kernel", "negative.npy"], "negative"),
+    (["photo.png", "--task", "deblur-gauss", "--kernel", "zeros.npy"], "zero"),
+    (["photo.png", "--task", "deblur-gauss", "--kernel", "nan.npy"], "finite"),
+    (["photo.png", "--task", "deblur-gauss"], "needs --kernel"),
+    (["photo.png", "--task", "sr4", "--simulate", "--method", "magic"], "unknown method"),
+    (["photo.png", "--task", "sr4", "--simulate", "--samples", "1"], "--samples must be >= 2"),
+    (["photo.png", "--task", "sr4", "--simulate", "--sigma-y", "nan"], "--sigma-y"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(env, tmp_path, capsys, argv, needle):
+    argv = [str(env / a) if a.endswith((".png", ".npy")) else a for a in argv]
+    rc, out = run(env, tmp_path, *argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("exactpost: error:") and "\n" not in err and needle.lower() in err.lower(), err
+    assert not out.exists()
+
+
+def test_unknown_model_and_busy_output_folder(env, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = main(["restore", str(env / "photo.png"), "--task", "sr4", "--simulate", "--model", "faces-1024", "--out", str(out)])
+    assert rc == 2 and "unknown model 'faces-1024'" in capsys.readouterr().err and not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    rc = main(["restore", str(env / "photo.png"), "--task", "sr4", "--simulate", "--model", "tiny-32", "--out", str(out)])
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert main(["restore", str(env / "photo.png"), "--task", "sr4", "--simulate", "--model", "tiny-32", "--samples",
+                 "2", "--nfe", "3", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "keep.txt").read_text() == "mine" and (out / "mean.png").exists()
