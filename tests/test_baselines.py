@@ -260,3 +260,25 @@ def test_inputs_are_checked():
         run_method("daps", den, op, y, pb.sigma_y, nfe=3)
     with pytest.raises(ValueError, match="weighting"):
         run_method("pigdm", den, op, y, pb.sigma_y, weighting="nope")
+
+
+@pytest.mark.parametrize("task", ["inpaint-random", "inpaint-box", "sr4", "deblur-gauss", "deblur-motion"])
+def test_every_method_runs_on_the_task_registry_operators(task):
+    """Image-shaped operators of exactpost.tasks (per-sample masks and motion kernels), a mixture
+    prior on 1x8x8 images, per-sample sigma_y: finite samples of the right shape."""
+    from exactpost.tasks import make_operator, simulate
+
+    g = torch.Generator().manual_seed(0)
+    B, shape = 4, (1, 8, 8)
+    prior = mcgdiff_prior(64, g, spacing=0.25)
+    op = make_operator(task, B, shape, generator=g)
+    x0 = prior.sample(B, g).reshape((B,) + shape)
+    sigma_y = torch.tensor([0.05, 0.0, 0.1, 0.05], dtype=torch.float64)
+    y = simulate(op, x0, sigma_y, generator=g)
+    flat = prior.denoiser(EDM())
+    den = lambda x, t: flat(x.reshape(x.shape[0], -1), t).reshape(x.shape)  # noqa: E731
+    fast = {"daps": {"ode_steps": 2, "langevin_steps": 3}}
+    for name in METHODS:
+        res = run_method(name, den, op, y, sigma_y, interpolant=EDM(), nfe=4, generator=g, task=task,
+                         **fast.get(name, {}))
+        assert res.x0.shape == (B,) + shape and bool(torch.isfinite(res.x0).all()), (name, task)

@@ -103,7 +103,7 @@ def test_ddnm_matches_the_official_update():
         x0 = call(D, x, times[i])
         et = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
         x0 = x0 - (x0 @ pb.A.T - y) @ pinv.T
-        z = torch.randn(B, 8, generator=g, dtype=torch.float64) if a_next < 1 else torch.zeros(B, 8, dtype=torch.float64)
+        z = torch.randn(B, 8, generator=g, dtype=torch.float64) if a_next < 1 else torch.zeros_like(x)
         x = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * (eta * z + math.sqrt(1 - eta**2) * et)
     torch.testing.assert_close(ours, x, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(x @ pb.A.T, y, rtol=0, atol=1e-9)
