@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 
-.PHONY: install test bench-pivot bench-gmm clean
+.PHONY: install test demo bench-pivot bench-gmm bench-quality clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,19 @@ install: $(VENV)/.installed
 test: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 
+# the README's other command: the demo on the bundled faces model (CPU, under 3 minutes)
+demo: install
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/exactpost demo
+
 bench-pivot: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/pivot_cost.py
 
 bench-gmm: install
 	$(PY) benchmarks/gmm_exactness.py
 
+bench-quality: install
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/model_quality.py --model faces-32 --data ../shared/data/faces64.npz \
+		--train-split 0 --test-split 2 --n 100
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache exactpost-demo

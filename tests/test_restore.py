@@ -125,3 +125,12 @@ def test_unknown_model_and_busy_output_folder(env, tmp_path, capsys):
     assert main(["restore", str(env / "photo.png"), "--task", "sr4", "--simulate", "--model", "tiny-32", "--samples",
                  "2", "--nfe", "3", "--out", str(out), "--overwrite"]) == 0
     assert (out / "keep.txt").read_text() == "mine" and (out / "mean.png").exists()
+
+
+@pytest.mark.parametrize("method", ["palette", "zero-shot-pivot", "ddnm", "pigdm", "dps"])
+def test_every_method_restores_through_the_same_command(env, tmp_path, method):
+    rc, out = run(env, tmp_path, env / "photo.png", "--task", "inpaint-random", "--simulate", "--method", method)
+    assert rc == 0
+    info = json.loads((out / "restore.json").read_text())
+    assert info["method"] == method and info["model_kind"] == ("palette" if method == "palette" else "prior")
+    assert 1 <= info["nfe_sample"] <= 4 and np.isfinite(info["scores"]["crps"])

@@ -188,7 +188,8 @@ def cmd_restore(args: argparse.Namespace, argv: Sequence[str]) -> int:
                        sigma_y=args.sigma_y, seed=args.seed, out=args.out, overwrite=args.overwrite)
     for notice in info["notices"]:
         print(f"notice: {notice}")
-    line = (f"{info['method']} on {info['task']} ({info['mode']}): posterior mean ({info['nfe_mean']} NFE) and "
+    mean = f"posterior mean ({info['nfe_mean']} NFE)" if info["nfe_mean"] else "the samples' mean"
+    line = (f"{info['method']} on {info['task']} ({info['mode']}): {mean} and "
             f"{info['n_samples']} samples ({info['nfe_sample']} NFE each) in {info['seconds']:.1f} s")
     if "scores" in info:
         sc = info["scores"]

@@ -43,12 +43,9 @@ TRAINED_METHODS = {"eps": "eps", "palette": "palette"}
 def method_names() -> list[str]:
     """Every method ``restore`` accepts: the trained ones, then the zero-shot baselines
     built on the prior (when :mod:`exactpost.baselines` is available)."""
-    names = list(TRAINED_METHODS)
-    try:
-        from .baselines import METHODS
-    except ImportError:
-        return names
-    return names + [m for m in METHODS if m not in names]
+    from .baselines import METHODS
+
+    return list(TRAINED_METHODS) + [m for m in METHODS if m not in TRAINED_METHODS]
 
 
 def _operator_for_measurement(task: str, size: int, mask: Optional[str], kernel: Optional[str],
@@ -152,4 +149,4 @@ def _restore(method: str, net: torch.nn.Module, card: dict, op: LinearOperator, 
         return palette_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g)
     from .baselines_restore import baseline_restore
 
-    return baseline_restore(method, net, op, y, sigma_y, n_samples=n_samples, nfe=nfe, generator=g)
+    return baseline_restore(method, net, op, y, sigma_y, n_samples=n_samples, nfe=nfe, generator=g, task=task)
