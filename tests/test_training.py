@@ -312,6 +312,22 @@ def test_rerunning_with_another_architecture_is_refused(data, tmp_path, capsys):
     assert _state_step(run) == 2
 
 
+def test_resuming_with_another_objective_of_the_same_shape_is_refused(data, tmp_path, capsys):
+    """EPS and Palette networks have the same inputs (4 conditioning channels), so only the
+    saved config can tell them apart: switching objective (or data, tasks, sigma_y) on
+    resume is refused in one line; changing the step budget is allowed."""
+    run = tmp_path / "run"
+    rc, err = _main(_train_args(data, run, steps=2, checkpoint_every=1, unet=UNET), capsys)
+    assert rc == 0, err
+    rc, err = _main(_train_args(data, run, steps=4, checkpoint_every=1, unet=UNET, objective="palette"), capsys)
+    _assert_one_line_error(rc, err)
+    assert 'objective="eps"' in err and "new --run-dir" in err
+    assert _state_step(run) == 2
+    rc, err = _main(_train_args(data, run, steps=3, checkpoint_every=1, unet=UNET), capsys)
+    assert rc == 0, err
+    assert _state_step(run) == 3
+
+
 # --- two processes through torch.distributed ------------------------------------------------
 def test_two_process_training_matches_one_process(data, tmp_path):
     """``python -m torch.distributed.run --nproc_per_node 2 -m exactpost.cli train`` (gloo,

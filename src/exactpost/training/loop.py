@@ -316,6 +316,7 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
     history: list[dict] = []
     if checkpoint_paths(state_path)[1].exists():
         tensors, card = load_checkpoint(state_path, expect={"model": model.to_dict()})
+        _check_same_problem(card.get("config"), cfg, run)
         info = unpack_state(tensors, card, model=model, ema=ema, optimizer=opt,
                             rng={"data": data_gen, "noise": noise_gen})
         extra = info["extra"]
@@ -405,6 +406,23 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
         if log is not None:
             log.close()
     return history[-1] if history else {}
+
+
+#: Config keys that define what a run learns: a resumed run must keep them (everything else,
+#: such as steps, checkpoint/eval/log intervals, threads or the progress bar, may change).
+RESUME_FIXED = ("objective", "tasks", "sigma_y", "conditioning", "uniform_frac", "data", "data_key", "data_split",
+                "image_size", "preset", "unet", "init_from", "batch_size", "seed")
+
+
+def _check_same_problem(saved: Optional[dict], cfg: TrainConfig, run: Path) -> None:
+    """Refuse to resume ``run`` with a config that changes what it learns (one line)."""
+    if not isinstance(saved, dict):
+        return
+    now = cfg.to_dict()
+    for key in RESUME_FIXED:
+        if key in saved and json.dumps(saved[key]) != json.dumps(now[key]):
+            raise ValueError(f"{run} was started with {key}={json.dumps(saved[key])}, not {json.dumps(now[key])}; "
+                             f"resume with the original setting or start a new --run-dir")
 
 
 def _eval_images(cfg: TrainConfig, train_images: torch.Tensor) -> Optional[torch.Tensor]:
