@@ -1,0 +1,110 @@
+"""Smoke tests of benchmarks/tune_baselines.py and benchmarks/cost.py on tiny synthetic models
+(seconds; no real data, no subprocesses)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from exactpost import zoo
+from exactpost.baselines import run_method
+from exactpost.interpolants import EDM
+from exactpost.nets.precond import as_denoiser
+from exactpost.tasks import make_operator, simulate
+from zoo_helpers import make_tiny_models
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return make_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def models_env(tiny_root, monkeypatch):
+    monkeypatch.setenv(zoo.ENV_VAR, str(tiny_root))
+    return tiny_root
+
+
+def _tiny_npz(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+             split=np.array([0, 0, 1, 1, 2, 2]))
+    return path
+
+
+def test_tune_baselines_writes_and_loads_tuned_settings(models_env, tmp_path):
+    tb = _load("tune_baselines")
+    data = _tiny_npz(tmp_path / "d.npz")
+    out = tmp_path / "out"
+    res = tb.main(["--data", str(data), "--model", "tiny-32", "--n", "2", "--nfe", "5", "--methods", "mpgd", "ddnm",
+                   "--tasks", "sr4", "--max-extend", "1", "--out", str(out)])
+    assert res["data"]["n"] == 2
+    grid = res["grid"]["mpgd"]["sr4"]
+    assert grid["reference"] == 4.0 and len(grid["points"]) in (5, 6)
+    assert grid["best"] == max(grid["points"], key=lambda p: p["psnr"])["value"]
+    tuned = tb.load_tuned(out / "baseline_tuning.json")
+    assert set(tuned) == {"mpgd", "ddnm"} and set(tuned["mpgd"]["sr4"]) == {"scale"}
+    assert set(tuned["ddnm"]["sr4"]) == {"eta"}
+    json.loads((out / "baseline_tuning.json").read_text())  # strict JSON
+    assert "| mpgd | scale |" in (out / "baseline_tuning.md").read_text()
+    # the tuned settings are valid run_method settings
+    net = zoo.load(zoo.find_model("tiny-32", "prior"))
+    x = torch.zeros(1, 3, 32, 32)
+    op = make_operator("sr4", 1, (3, 32, 32), generator=0)
+    y = simulate(op, x, 0.05, generator=0)
+    with torch.no_grad():
+        r = run_method("mpgd", as_denoiser(net, EDM()), op, y, 0.05, (1, 3, 32, 32), interpolant=EDM(), nfe=3,
+                       generator=torch.Generator().manual_seed(0), task="sr4", **tuned["mpgd"]["sr4"])
+    assert r.settings["scale"] == tuned["mpgd"]["sr4"]["scale"]
+
+
+def test_tune_baselines_refuses_the_test_split(models_env, tmp_path):
+    tb = _load("tune_baselines")
+    with pytest.raises(SystemExit):
+        tb.main(["--data", str(_tiny_npz(tmp_path / "d.npz")), "--model", "tiny-32", "--split", "2",
+                 "--out", str(tmp_path)])
+
+
+def test_cost_quick_run_and_memory_child(models_env, tmp_path, capsys):
+    cost = _load("cost")
+    out = tmp_path / "out"
+    res = cost.main(["--model", "tiny-32", "--nfe", "3", "--repeats", "2", "--batch", "2", "--task", "inpaint-box",
+                     "--methods", "eps,palette,ddnm", "--no-memory", "--tuned", "", "--out", str(out)])
+    rows = {r["method"]: r for r in res["rows"]}
+    assert list(rows) == ["bare", "eps", "palette", "ddnm"]  # bare is added as the reference
+    assert rows["bare"]["ratio"] == pytest.approx(1.0)
+    assert rows["bare"]["nfe"] == rows["eps"]["nfe"] == rows["palette"]["nfe"] == 2  # 1 call + 1-NFE Heun
+    assert rows["ddnm"]["nfe"] == 3 and all(len(r["runs"]) == 2 for r in rows.values())
+    assert "| eps |" in (out / "cost.md").read_text()
+    capsys.readouterr()
+    cost.main(["--model", "tiny-32", "--nfe", "3", "--batch", "2", "--methods", "ddnm", "--tuned", "",
+               "--child", "ddnm"])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("PEAK_RSS_KIB ")][-1]
+    mem = json.loads(line.split(" ", 1)[1])
+    assert mem["peak"] > 0 and set(mem) == {"peak", "before", "reset"}
+    got = cost.method_memory({"ddnm": mem, "none": dict(mem, peak=mem["peak"])}, "ddnm")
+    assert got["extra_rss_mib"] >= 0 or not mem["reset"]
+
+
+def test_cost_rejects_unknown_methods(models_env):
+    cost = _load("cost")
+    with pytest.raises(SystemExit):
+        cost.main(["--model", "tiny-32", "--methods", "nope", "--no-memory"])
