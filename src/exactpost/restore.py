@@ -118,7 +118,8 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     else:
         op, y, notices = _operator_for_measurement(task, size, mask, kernel, image)
     assert y is not None
-    res = _restore(method, net, entry.card, op, y, sigma_y, task, n_samples, nfe, g)
+    res = restore_measurement(method, net, entry.card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe,
+                              generator=g)
     # every input is valid: only now create the folder and write
     out_dir.mkdir(parents=True, exist_ok=True)
     save_grid(res.mean, out_dir / "mean.png", ncol=1)
@@ -141,8 +142,14 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     return info
 
 
-def _restore(method: str, net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor, sigma_y: float,
-             task: str, n_samples: int, nfe: int, g: torch.Generator) -> Restoration:
+def restore_measurement(method: str, net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor,
+                        sigma_y: float, task: str, *, n_samples: int = 4, nfe: int = 20,
+                        generator: Optional[torch.Generator] = None) -> Restoration:
+    """One interface for every method: ``eps`` and ``palette`` take their trained network
+    and card; every zero-shot baseline of :mod:`exactpost.baselines` takes the prior network
+    (``card`` unused). Returns a :class:`~exactpost.restoration.Restoration` (mean, samples
+    [M, B, ...], std, NFE)."""
+    g = generator
     if method == "eps":
         return eps_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g)
     if method == "palette":
