@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from exactpost import zoo
-from exactpost.demo import task_seed, write_text
+from exactpost.demo import task_seed
+from exactpost.imageio import save_text
 from exactpost.gaussian_prior import GaussianPrior
 from exactpost.metrics import crps, psnr, ssim
 from exactpost.restoration import eps_restore, palette_restore
@@ -77,7 +78,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 lmmse_cg_iterations=info.iterations, lmmse_cg_residual=info.relative_residual,
                 lmmse_seconds=time.perf_counter() - t)
             if cache:
-                write_text(cache, json.dumps(cached, indent=2) + "\n")
+                save_text(cache, json.dumps(cached, indent=2) + "\n")
         row.update(cached["rows"][task])
         if args.only_lmmse:
             rows.append(row)
@@ -143,7 +144,7 @@ def update_cards(res: dict) -> None:
         card = json.loads(card_path.read_text())
         card["quality"] = dict(summary=summary, rows=res["rows"], data=res["data"], seed=res["seed"],
                                sigma_y=res["sigma_y"], command=res["command"])
-        write_text(card_path, json.dumps(card, indent=2) + "\n")
+        save_text(card_path, json.dumps(card, indent=2) + "\n")
 
 
 def main() -> None:
@@ -174,8 +175,8 @@ def main() -> None:
     if args.only_lmmse:
         return
     out = Path(args.out) if args.out else RESULTS / f"model_quality_{args.model}"
-    write_text(out.with_suffix(".json"), json.dumps(res, indent=2) + "\n")
-    write_text(out.with_suffix(".md"), markdown(res))
+    save_text(out.with_suffix(".json"), json.dumps(res, indent=2) + "\n")
+    save_text(out.with_suffix(".md"), markdown(res))
     print(markdown(res))
     if args.update_cards:
         update_cards(res)

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from exactpost.demo import write_text
+from exactpost.imageio import save_text
 from exactpost.training.loop import load_model
 from exactpost.zoo import KINDS, models_dir
 
@@ -36,7 +36,7 @@ def bundle(run_dir: Path, name: str, kind: str, note: str = "") -> Path:
         os.fsync(tmp.fileno())
     Path(tmp.name).replace(dest / f"{kind}.safetensors")
     card["bundled"] = dict(source=str(run_dir), date=dt.date.today().isoformat(), note=note)
-    write_text(dest / f"{kind}.json", json.dumps(card, indent=2) + "\n")
+    save_text(dest / f"{kind}.json", json.dumps(card, indent=2) + "\n")
     load_model(dest / kind)  # the bundled pair loads (digest checked)
     return dest / kind
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,28 +20,12 @@ import torch
 
 from . import zoo
 from .imageio import save_grid
+from .imageio import save_text
 from .metrics import crps, psnr, ssim
 from .restoration import Restoration, eps_restore
 from .tasks import TASKS, make_operator, simulate, task_names
 from .training.data import to_float
 from .visualize import STD_WHITE, measurement_image, panel
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def task_seed(seed: int, task: str) -> int:
@@ -134,7 +117,7 @@ def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = No
         total_seconds=total, hardware=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                                       f"{torch.get_num_threads()} threads",
     )
-    write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    save_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     md = [f"# exactpost demo: {entry.name} (EPS, {entry.card.get('steps')} training steps)", "",
           f"{n_images} bundled test-split images, sigma_y = {sigma_y}, seed {seed}; {n_samples} posterior samples "
           f"at {nfe} NFE (EDM Heun from the 1-NFE posterior mean) per image. PSNR/SSIM on [-1, 1] images "
@@ -143,5 +126,5 @@ def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = No
           f"Each `<task>.png`: a row per image: truth | measurement | posterior mean | {n_samples} samples | "
           f"per-pixel posterior std (black 0, white >= {STD_WHITE}).", "",
           f"Total wall time {total:.1f} s on {results['hardware']}.", ""]
-    write_text(out_dir / "results.md", "\n".join(md))
+    save_text(out_dir / "results.md", "\n".join(md))
     return results

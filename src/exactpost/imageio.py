@@ -9,6 +9,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -31,16 +32,15 @@ def tile(images: torch.Tensor, ncol: int | None = None, pad: int = 1) -> np.ndar
     return canvas
 
 
-def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a uint8 [H, W, 3] array as PNG, atomically (temp file, fsync, rename)."""
-    from PIL import Image
-
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Create ``path`` atomically: ``write(f)`` fills a temporary file in the same folder,
+    which is flushed, fsynced and renamed over ``path`` (a crash leaves the old file)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
@@ -49,6 +49,18 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return p
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 [H, W, 3] array as PNG, atomically (temp file, fsync, rename)."""
+    from PIL import Image
+
+    return write_atomic(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
+
+
+def save_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, ncol: int | None = None) -> Path:

@@ -76,7 +76,24 @@ def _embeddings(net: torch.nn.Module, card: dict, task: str, sigma_y: float, bat
 
 
 def _stats(samples: torch.Tensor) -> torch.Tensor:
-    return samples.std(0, unbiased=True) if samples.shape[0] > 1 else torch.zeros_like(samples[0])
+    """Per-pixel std over samples [M, B, ...] (zeros when M < 2)."""
+    return samples.std(0, unbiased=True) if samples.shape[0] > 1 else torch.zeros(samples.shape[1:])
+
+
+def _draw(den: Callable[[torch.Tensor, Any], torch.Tensor], like: torch.Tensor, n_samples: int, steps: int,
+          sigma_max: float, generator: Optional[torch.Generator], init_mean: Optional[torch.Tensor],
+          on_sample: Optional[Callable[[int], None]]) -> tuple[torch.Tensor, int]:
+    """``n_samples`` EDM Heun runs of ``den`` shaped like ``like`` [B, ...]: samples
+    [M, B, ...] and the NFE of one run (0 when M = 0)."""
+    draws, nfe = [], 0
+    for i in range(n_samples):
+        out = edm_heun(den, tuple(like.shape), steps=steps, sigma_max=sigma_max, generator=generator,
+                       init_mean=init_mean, dtype=like.dtype)
+        draws.append(out.x0)
+        nfe = out.nfe
+        if on_sample is not None:
+            on_sample(i)
+    return (torch.stack(draws) if draws else like.new_zeros((0,) + tuple(like.shape))), nfe
 
 
 def _check_request(n_samples: int, nfe: int, minimum_nfe: int) -> None:
@@ -110,18 +127,9 @@ def eps_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.T
     den = EPSPosteriorDenoiser(network, op, y, sigma_y, EDM(), cond=cond)
     mean = den.posterior_mean(sigma_max, generator, y.dtype)
     steps = heun_steps_for_nfe(nfe - 1)
-    draws = []
-    nfe_sample = 1
-    for i in range(n_samples):
-        out = edm_heun(den, (B,) + tuple(op.in_shape), steps=steps, sigma_max=sigma_max, generator=generator,
-                       init_mean=mean, dtype=y.dtype)
-        draws.append(out.x0)
-        nfe_sample = out.nfe + 1
-        if on_sample is not None:
-            on_sample(i)
-    samples = torch.stack(draws) if draws else mean.new_zeros((0,) + tuple(mean.shape))
-    return Restoration(mean, samples, _stats(samples) if draws else torch.zeros_like(mean), 1,
-                       nfe_sample if draws else 0, time.perf_counter() - t0, "eps",
+    samples, nfe_sample = _draw(den, mean, n_samples, steps, sigma_max, generator, mean, on_sample)
+    return Restoration(mean, samples, _stats(samples), 1, nfe_sample + 1 if n_samples else 0,
+                       time.perf_counter() - t0, "eps",
                        dict(sampler="edm_heun", heun_steps=steps, sigma_max=sigma_max, start="posterior mean"))
 
 
@@ -147,15 +155,6 @@ def palette_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: tor
     e = torch.randn(shape, generator=generator, dtype=y.dtype)
     mean = den(sigma_max * e, sigma_max)
     steps = heun_steps_for_nfe(nfe)
-    draws = []
-    nfe_sample = 0
-    for i in range(n_samples):
-        out = edm_heun(den, shape, steps=steps, sigma_max=sigma_max, generator=generator, dtype=y.dtype)
-        draws.append(out.x0)
-        nfe_sample = out.nfe
-        if on_sample is not None:
-            on_sample(i)
-    samples = torch.stack(draws) if draws else mean.new_zeros((0,) + tuple(mean.shape))
-    return Restoration(mean, samples, _stats(samples) if draws else torch.zeros_like(mean), 1, nfe_sample,
-                       time.perf_counter() - t0, "palette",
+    samples, nfe_sample = _draw(den, mean, n_samples, steps, sigma_max, generator, None, on_sample)
+    return Restoration(mean, samples, _stats(samples), 1, nfe_sample, time.perf_counter() - t0, "palette",
                        dict(sampler="edm_heun", heun_steps=steps, sigma_max=sigma_max, start="noise"))

@@ -28,7 +28,8 @@ from typing import Any, Optional
 import torch
 
 from . import zoo
-from .demo import score, write_text
+from .demo import score
+from .imageio import save_text
 from .imageio import save_grid
 from .operators import AveragePoolSR, FFTBlur, Inpainting, LinearOperator
 from .restoration import Restoration, eps_restore, palette_restore
@@ -138,7 +139,7 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     if truth is not None:
         save_grid(truth, out_dir / "truth.png", ncol=1)
         info["scores"] = score(res, truth)
-    write_text(out_dir / "restore.json", json.dumps(info, indent=2) + "\n")
+    save_text(out_dir / "restore.json", json.dumps(info, indent=2) + "\n")
     return info
 
 
