@@ -21,6 +21,14 @@ as a PNG; ``clamp=False`` scores the raw values. The reference is used as given.
     use_sample_covariance=False, data_range=2, channel_axis=...)``.
 :func:`crps`: the fair (unbiased) ensemble CRPS of M samples, per pixel, averaged over
     pixels, in the images' units ([-1, 1] scale; halve it for a [0, 1] scale).
+
+Distribution-level scores:
+
+:func:`mmd2`: the unbiased squared maximum mean discrepancy between two sample sets with
+    the Gaussian kernel k(a, b) = exp(-||a - b||^2 / (2 h^2)) on flattened samples (pixel
+    space for images); h given, or the median of the pooled pairwise distances.
+:func:`interval_coverage`: the fraction of reference values inside the samples' central
+    credible interval of the given level (per coordinate, empirical quantiles).
 """
 
 from __future__ import annotations
@@ -173,3 +181,61 @@ def crps(samples: torch.Tensor, ref: torch.Tensor, *, clamp: bool = True) -> tor
     pair_sum = (coef.reshape(M, 1, 1, 1, 1) * srt).sum(dim=0)  # sum_{i<j} |x_i - x_j|
     spread = pair_sum / (M * (M - 1))  # = 1/(2 M (M-1)) sum_{i != j}
     return (skill - spread).flatten(1).mean(dim=1)
+
+
+def _flat(x: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 2:
+        raise ValueError(f"{name} must be a tensor [N >= 2, ...] of samples, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    return x.detach().reshape(x.shape[0], -1).to(torch.float64)
+
+
+def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The median heuristic: the median of the pairwise distances of the pooled samples
+    (distinct pairs; the lower median for an even count, as ``torch.median``), x [N, ...],
+    y [M, ...]."""
+    z = torch.cat([_flat(x, "x"), _flat(y, "y")])
+    d = torch.cdist(z, z)
+    iu = torch.triu_indices(len(z), len(z), offset=1)
+    return float(d[iu[0], iu[1]].median())
+
+
+def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
+    """Unbiased MMD^2 (Gretton et al. 2012, eq. 3) between x [N, ...] and y [M, ...]:
+
+        1/(N(N-1)) sum_{i != j} k(x_i, x_j) + 1/(M(M-1)) sum_{i != j} k(y_i, y_j)
+        - 2/(N M) sum_{i, j} k(x_i, y_j),
+
+    k(a, b) = exp(-||a - b||^2 / (2 h^2)), h = ``bandwidth`` or :func:`median_bandwidth`.
+    Its expectation is 0 when x and y come from the same distribution (it can be negative)."""
+    a, b = _flat(x, "x"), _flat(y, "y")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"x and y must have the same sample shape, got {tuple(x.shape[1:])} and {tuple(y.shape[1:])}")
+    h = median_bandwidth(x, y) if bandwidth is None else float(bandwidth)
+    if not h > 0:
+        raise ValueError(f"the kernel bandwidth must be > 0, got {h}")
+
+    def k(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-torch.cdist(u, v) ** 2 / (2 * h * h))
+
+    n, m = len(a), len(b)
+    kxx, kyy = k(a, a), k(b, b)
+    xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return float(xx + yy - 2 * k(a, b).mean())
+
+
+def interval_coverage(samples: torch.Tensor, ref: torch.Tensor, level: float = 0.9) -> float:
+    """Fraction of the coordinates of ``ref`` [B, ...] inside the central ``level`` credible
+    interval [q_(1-level)/2, q_(1+level)/2] of ``samples`` [M, B, ...], the quantiles taken
+    per coordinate over the M samples (``torch.quantile``, linear interpolation). For a
+    calibrated posterior the expected coverage is ``level`` when M is large; with few
+    samples the empirical interval is narrower and coverage falls below ``level``."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if samples.dim() < 2 or samples.shape[1:] != ref.shape or samples.shape[0] < 2:
+        raise ValueError(f"samples must be [M >= 2, *ref.shape], got {tuple(samples.shape)} and {tuple(ref.shape)}")
+    xs = samples.detach().reshape(samples.shape[0], -1).to(torch.float64)
+    r = ref.detach().reshape(-1).to(torch.float64)
+    q = torch.quantile(xs, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64), dim=0)
+    return float(((r >= q[0]) & (r <= q[1])).double().mean())
