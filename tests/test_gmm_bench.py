@@ -204,3 +204,11 @@ def test_learned_eps_runs_for_d_8_only_among_8_and_10(tmp_path, capsys):
     learned = [c for c in cells.values() if c["method"] == "eps-mlp"]
     assert [c["d"] for c in learned] == [8] and learned[0]["train_seconds"] > 0 and learned[0]["nfe"] == 4
     assert "eps-mlp" in (tmp_path / "learned.md").read_text()
+
+
+def test_cli_wires_bench_gmm(tmp_path, capsys):
+    from exactpost.cli import main
+
+    assert main(["bench", "gmm", "--dims", "7", "--out", str(tmp_path / "g"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("exactpost: error:") and "\n" not in err

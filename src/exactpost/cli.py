@@ -199,6 +199,12 @@ def cmd_restore(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .bench import gmm_bench
+
+    return {"gmm": gmm_bench.run}[args.bench](args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="exactpost", description="Exact posterior sampling (EPS) for linear inverse problems.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -225,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="exactpost-demo", help="output folder (default ./exactpost-demo)")
     d.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b = sub.add_parser("bench", help="benchmarks (gmm: the Gaussian-mixture protocol with exact posteriors)")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    from .bench import gmm_bench
+
+    gmm_bench.add_arguments(bsub.add_parser("gmm", help="MCGdiff mixture benchmark: EPS and every baseline "
+                                                        "against the exact posterior"))
     r = sub.add_parser("restore", help="restore your own image: posterior mean, samples and std as PNGs")
     r.add_argument("input", help="the measurement image (or, with --simulate, a clean image to degrade)")
     r.add_argument("--task", required=True, help="inpaint-random, inpaint-box, sr4, deblur-gauss or deblur-motion")
@@ -249,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)  # argparse itself exits 2 with a one-line usage error
     handlers = {"train": cmd_train, "finetune": cmd_train, "sample": cmd_sample, "models": cmd_models,
-                "demo": cmd_demo, "restore": cmd_restore}
+                "demo": cmd_demo, "restore": cmd_restore,
+                "bench": cmd_bench}
     try:
         return handlers[args.command](args, argv)
     except (UsageError, DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
