@@ -326,22 +326,8 @@ def make_context(cfg: BenchConfig, d: int, dy: int, p: int) -> ProblemContext:
 
 
 def exact_sample(mixture: GaussianMixture, n: int, g: torch.Generator) -> torch.Tensor:
-    """n exact draws [n, d] of a mixture: k ~ Categorical(w), x = m_k + L_k e with
-    L_k L_k^T = C_k, e ~ N(0, I) (the draws of :meth:`GaussianMixture.sample`, in the same
-    order), applied component by component, with one factorisation when all C_k are equal:
-    O(n d^2) time and O(n d) memory instead of gathering an [n, d, d] stack of factors
-    (10 GB at d = 800, n = 2000)."""
-    k = torch.multinomial(mixture.weights, n, replacement=True, generator=g)
-    e = torch.randn(n, mixture.d, dtype=torch.float64, generator=g)
-    if mixture.shared_cov:
-        evals, evecs = torch.linalg.eigh(mixture.covs[0])
-        return mixture.means[k] + e @ (evecs * evals.clamp(min=0).sqrt()).T
-    factors = mixture._sqrt_covs()
-    out = mixture.means[k].clone()
-    for c in torch.unique(k).tolist():
-        rows = k == c
-        out[rows] += e[rows] @ factors[c].T
-    return out
+    """n exact draws [n, d] of a mixture (:meth:`GaussianMixture.sample`, O(n d) memory)."""
+    return mixture.sample(n, g)
 
 
 def coverage(samples: torch.Tensor, reference: torch.Tensor, level: float = 0.9) -> float:
