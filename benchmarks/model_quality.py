@@ -6,7 +6,8 @@ noise drawn exactly as ``exactpost demo`` draws them):
 - ``lmmse``: the exact linear MMSE estimate under a Gaussian prior N(m, S) fitted to the
   model's training images (mean and full covariance; ``exactpost.gaussian_prior``);
 - ``eps``: the EPS network's 1-NFE posterior mean, and 4 posterior samples at 20 NFE;
-- ``palette``: the Palette network's 4 samples at 100 NFE (EDM Heun) and its 1-call mean.
+- ``palette``: the Palette network's 4 samples at a budget of 100 NFE (EDM Heun spends 2 N - 1:
+  99) and its 1-call mean.
 
 Scores: PSNR/SSIM of the means, CRPS of the 4 samples (fair estimator, [-1, 1] units).
 Targets: EPS mean PSNR > LMMSE PSNR on every task; EPS CRPS (20 NFE) < Palette CRPS
@@ -116,14 +117,20 @@ def evaluate(args: argparse.Namespace) -> dict:
     )
 
 
+def _nfe(res: dict, method: str) -> str:
+    """The NFE per sample ``method`` actually spent (one value, or the distinct values)."""
+    used = sorted({r[f"{method}_nfe"] for r in res["rows"] if f"{method}_nfe" in r})
+    return "/".join(map(str, used)) or "-"
+
+
 def markdown(res: dict) -> str:
     lines = [f"# Model quality: {res['model']} (EPS {res['eps_steps']} steps, Palette {res['palette_steps']} steps)",
              "", f"{res['data']['n']} test images, seed {res['seed']}, sigma_y {res['sigma_y']}. "
              "PSNR (dB) of the posterior means; CRPS of 4 samples ([-1, 1] units, lower is better). "
              "LMMSE: exact linear MMSE under a Gaussian prior fitted to the "
              f"{res['data']['train_images']} training images.", "",
-             "| task | LMMSE PSNR | EPS mean PSNR (1 NFE) | EPS sample PSNR | EPS CRPS (20 NFE) | "
-             "Palette mean PSNR | Palette CRPS (100 NFE) |", "|---|---|---|---|---|---|---|"]
+             f"| task | LMMSE PSNR | EPS mean PSNR (1 NFE) | EPS sample PSNR | EPS CRPS ({_nfe(res, 'eps')} NFE) | "
+             f"Palette mean PSNR | Palette CRPS ({_nfe(res, 'palette')} NFE) |", "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         pal = (f"{r['palette_mean_psnr']:.2f} | {r['palette_crps']:.4f}" if "palette_crps" in r else "- | -")
         lines.append(f"| {r['task']} | {r['lmmse_psnr']:.2f} | {r['eps_mean_psnr']:.2f} | {r['eps_sample_psnr']:.2f} "

@@ -31,7 +31,7 @@ from .visualize import STD_WHITE, measurement_image, panel
 def task_seed(seed: int, task: str) -> int:
     """The generator seed of ``task`` in a run seeded ``seed`` (tasks are independent, so
     running a subset of tasks gives the same numbers for each)."""
-    return seed * 1000 + task_names().index(task) if task in task_names() else seed * 1000 + 999
+    return seed * 1000 + task_names().index(task)
 
 
 def score(res: Restoration, x0: torch.Tensor) -> dict[str, float]:

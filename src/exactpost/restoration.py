@@ -96,11 +96,21 @@ def _draw(den: Callable[[torch.Tensor, Any], torch.Tensor], like: torch.Tensor, 
     return (torch.stack(draws) if draws else like.new_zeros((0,) + tuple(like.shape))), nfe
 
 
-def _check_request(n_samples: int, nfe: int, minimum_nfe: int) -> None:
+def _prepare(net: torch.nn.Module, card: dict, kind: str, op: LinearOperator, y: torch.Tensor, sigma_y: float,
+             task: str, n_samples: int, nfe: int, minimum_nfe: int
+             ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Check the request and the card's kind; the task/sigma_y embeddings and the
+    conditioning channels computed once per measurement."""
+    obj = _card_objective(card)
+    if obj["kind"] != kind:
+        name = {"eps": "an EPS", "palette": "a Palette"}[kind]
+        raise ValueError(f"this is a {obj['kind']} model; this restoration needs {name} network")
     if n_samples < 0:
         raise ValueError(f"the number of samples must be >= 0, got {n_samples}")
     if nfe < minimum_nfe:
         raise ValueError(f"nfe must be >= {minimum_nfe}, got {nfe}")
+    tid, syv = _embeddings(net, card, task, sigma_y, y.shape[0])
+    return tid, syv, conditioning(obj["conditioning"], op, y)
 
 
 @torch.no_grad()
@@ -112,14 +122,8 @@ def eps_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.T
     ``net`` is an EPS :class:`~exactpost.nets.EDMPrecond` and ``card`` its model card (for
     the task list and conditioning); y [B, *op.out_shape]. ``on_sample(i)`` is called after
     each sample (progress)."""
-    obj = _card_objective(card)
-    if obj["kind"] != "eps":
-        raise ValueError(f"this is a {obj['kind']} model; EPS restoration needs an EPS network")
-    _check_request(n_samples, nfe, 2)
     t0 = time.perf_counter()
-    B = y.shape[0]
-    tid, syv = _embeddings(net, card, task, sigma_y, B)
-    cond = conditioning(obj["conditioning"], op, y)
+    tid, syv, cond = _prepare(net, card, "eps", op, y, sigma_y, task, n_samples, nfe, minimum_nfe=2)
 
     def network(mu: torch.Tensor, c: Any, sigma: torch.Tensor) -> torch.Tensor:
         return net(mu, sigma, cond=c, task_id=tid, sigma_y=syv)
@@ -139,19 +143,13 @@ def palette_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: tor
                     sigma_max: float = SIGMA_MAX, on_sample: Optional[Callable[[int], None]] = None) -> Restoration:
     """Palette: one call at sigma_max as the mean, and ``n_samples`` EDM Heun samples from
     pure noise with ``nfe`` NFE each (the conditional network as a plain denoiser)."""
-    obj = _card_objective(card)
-    if obj["kind"] != "palette":
-        raise ValueError(f"this is a {obj['kind']} model; Palette restoration needs a Palette network")
-    _check_request(n_samples, nfe, 1)
     t0 = time.perf_counter()
-    B = y.shape[0]
-    tid, syv = _embeddings(net, card, task, sigma_y, B)
-    cond = conditioning(obj["conditioning"], op, y)
+    tid, syv, cond = _prepare(net, card, "palette", op, y, sigma_y, task, n_samples, nfe, minimum_nfe=1)
 
     def den(x_t: torch.Tensor, t: Any) -> torch.Tensor:  # EDM: a = 1, sigma = t
         return net(x_t, t, cond=cond, task_id=tid, sigma_y=syv)
 
-    shape = (B,) + tuple(op.in_shape)
+    shape = (y.shape[0],) + tuple(op.in_shape)
     e = torch.randn(shape, generator=generator, dtype=y.dtype)
     mean = den(sigma_max * e, sigma_max)
     steps = heun_steps_for_nfe(nfe)

@@ -21,6 +21,7 @@ timings.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -29,21 +30,20 @@ import torch
 
 from . import zoo
 from .demo import score
-from .imageio import save_text
-from .imageio import save_grid
+from .imageio import save_grid, save_text
 from .operators import AveragePoolSR, FFTBlur, Inpainting, LinearOperator
 from .restoration import Restoration, eps_restore, palette_restore
 from .restore_inputs import InputError, check_output_dir, read_image, read_kernel, read_lowres, read_mask
 from .tasks import TASKS, make_operator, simulate, task_names
 from .visualize import STD_WHITE, measurement_image, std_image
 
-#: Methods that use a trained conditional network (``kind`` of the bundled model).
-TRAINED_METHODS = {"eps": "eps", "palette": "palette"}
+#: Methods that use a trained conditional network of the same name (the rest use the prior).
+TRAINED_METHODS = ("eps", "palette")
 
 
 def method_names() -> list[str]:
     """Every method ``restore`` accepts: the trained ones, then the zero-shot baselines
-    built on the prior (when :mod:`exactpost.baselines` is available)."""
+    of :mod:`exactpost.baselines`, built on the prior."""
     from .baselines import METHODS
 
     return list(TRAINED_METHODS) + [m for m in METHODS if m not in TRAINED_METHODS]
@@ -54,32 +54,26 @@ def _operator_for_measurement(task: str, size: int, mask: Optional[str], kernel:
     """The operator of ``task`` at ``size`` built from the user's files, and the measurement
     y read from ``image`` (None when ``image`` is None); plus notices."""
     family = TASKS[task].family
-    shape = (3, size, size)
-    notices: list[str] = []
     if family == "inpainting":
         if mask is None:
             raise InputError(f"task {task} needs --mask MASK.png (white = observed pixel, black = missing)")
         op: LinearOperator = Inpainting(read_mask(mask, size)[0, 0], channels=3)
-        y = None
-        if image is not None:
-            img, notices = read_image(image, size)
-            y = op.A(img)
-        return op, y, notices
-    if family == "blur":
+    elif family == "blur":
         if kernel is None:
             raise InputError(f"task {task} needs --kernel FILE (.npy, .txt/.csv or a grayscale image)")
-        op = FFTBlur(read_kernel(kernel, size).to(torch.float32), shape)
-        y = None
-        if image is not None:
-            y, notices = read_image(image, size)
-        return op, y, notices
-    if family == "superres":
-        op = AveragePoolSR(TASKS[task].factor, shape)
-        y = None
-        if image is not None:
-            y, notices = read_lowres(image, size, op.factor)
-        return op, y, notices
-    raise InputError(f"task {task} ({family}) cannot take a measurement file yet; use --simulate")
+        op = FFTBlur(read_kernel(kernel, size).to(torch.float32), (3, size, size))
+    elif family == "superres":
+        op = AveragePoolSR(TASKS[task].factor, (3, size, size))
+    else:
+        raise InputError(f"task {task} ({family}) cannot take a measurement file yet; use --simulate")
+    if image is None:
+        return op, None, []
+    if family == "superres":  # the measurement is the low-resolution image itself
+        return (op, *read_lowres(image, size, op.factor))
+    y, notices = read_image(image, size)  # blur: the blurred image is y
+    if family == "inpainting":  # drop the pixels the mask says are missing
+        y = op.A(y)
+    return op, y, notices
 
 
 def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method: str = "eps",
@@ -97,13 +91,13 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
     if n_samples < 2:
         raise InputError(f"--samples must be >= 2 (the std needs two samples), got {n_samples}")
-    if not (sigma_y >= 0 and sigma_y == sigma_y and sigma_y != float("inf")):
+    if not (math.isfinite(sigma_y) and sigma_y >= 0):
         raise InputError(f"--sigma-y must be a finite number >= 0, got {sigma_y}")
     nfe = nfe if nfe is not None else (20 if method == "eps" else 100)
     if nfe < 2:
         raise InputError(f"--nfe must be >= 2, got {nfe}")
     out_dir = check_output_dir(out, overwrite=overwrite)
-    kind = TRAINED_METHODS.get(method, "prior")
+    kind = method if method in TRAINED_METHODS else "prior"
     entry = zoo.find_model(model, kind)
     net = zoo.load(entry)
     size = net.config.image_size
