@@ -262,3 +262,54 @@ def test_interval_coverage_is_calibrated_for_the_true_distribution():
     assert interval_coverage(samples, truth + 3.0, 0.9) < 0.2
     with pytest.raises(ValueError, match="level"):
         interval_coverage(samples, truth, 1.0)
+
+
+# --- Frechet distance ----------------------------------------------------------------------
+
+from exactpost.metrics import frechet_distance, gaussian_frechet  # noqa: E402
+
+
+def _spd(d: int, seed: int) -> np.ndarray:
+    a = np.random.default_rng(seed).normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_gaussian_frechet_one_dimension_closed_form():
+    # W2^2(N(m1, s1^2), N(m2, s2^2)) = (m1 - m2)^2 + (s1 - s2)^2
+    f64 = dict(dtype=torch.float64)
+    got = gaussian_frechet(torch.tensor([0.3], **f64), torch.tensor([[4.0]], **f64), torch.tensor([-1.2], **f64),
+                           torch.tensor([[0.25]], **f64))
+    assert got == pytest.approx(1.5 ** 2 + (2.0 - 0.5) ** 2, rel=1e-12)
+
+
+def test_gaussian_frechet_non_commuting_matches_eigenvalues_of_the_product():
+    # independent form: tr((A^1/2 B A^1/2)^1/2) = sum sqrt(eig(A B)) (A B is similar to a PSD matrix)
+    d = 6
+    a, b = _spd(d, 1), _spd(d, 2)
+    assert np.abs(a @ b - b @ a).max() > 0.1  # really non-commuting
+    mu_a, mu_b = np.arange(d) / d, -np.ones(d) / 3
+    cross = np.sqrt(np.linalg.eigvals(a @ b).real).sum()
+    want = ((mu_a - mu_b) ** 2).sum() + np.trace(a) + np.trace(b) - 2 * cross
+    t = torch.from_numpy
+    got = gaussian_frechet(t(mu_a), t(a), t(mu_b), t(b))
+    assert got == pytest.approx(want, rel=1e-10)
+    assert gaussian_frechet(t(mu_b), t(b), t(mu_a), t(a)) == pytest.approx(want, rel=1e-10)  # symmetric
+    assert gaussian_frechet(t(mu_a), t(a), t(mu_a), t(a)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_frechet_distance_fits_gaussians_to_features():
+    g = torch.Generator().manual_seed(0)
+    fa = torch.randn(200, 5, generator=g, dtype=torch.float64)
+    fb = 2.0 * torch.randn(300, 5, generator=g, dtype=torch.float64) + 1.0
+    na, nb = fa.numpy(), fb.numpy()
+    want = gaussian_frechet(torch.from_numpy(na.mean(0)), torch.from_numpy(np.cov(na.T)),
+                            torch.from_numpy(nb.mean(0)), torch.from_numpy(np.cov(nb.T)))
+    assert frechet_distance(fa, fb) == pytest.approx(want, rel=1e-12)
+    # population value: 5 * 1^2 (means) + 5 * (2 - 1)^2 (scales) = 10; sample noise is a few percent
+    assert frechet_distance(fa, fb) == pytest.approx(10.0, rel=0.25)
+    assert frechet_distance(fa, fa) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_rejects_mismatched_features():
+    with pytest.raises(ValueError, match="same F"):
+        frechet_distance(torch.zeros(4, 3), torch.zeros(4, 2))

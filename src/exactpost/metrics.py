@@ -29,6 +29,9 @@ Distribution-level scores:
     space for images); h given, or the median of the pooled pairwise distances.
 :func:`interval_coverage`: the fraction of reference values inside the samples' central
     credible interval of the given level (per coordinate, empirical quantiles).
+:func:`frechet_distance`: the Frechet (2-Wasserstein) distance between Gaussians fitted to
+    two feature sets; with features from :mod:`exactpost.encoder` this is the project's
+    "encoder Frechet distance" (not Inception FID: a small classifier trained here).
 """
 
 from __future__ import annotations
@@ -239,3 +242,35 @@ def interval_coverage(samples: torch.Tensor, ref: torch.Tensor, level: float = 0
     r = ref.detach().reshape(-1).to(torch.float64)
     q = torch.quantile(xs, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64), dim=0)
     return float(((r >= q[0]) & (r <= q[1])).double().mean())
+
+
+def _sqrtm_psd(s: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a symmetric positive semi-definite matrix (eigh; negative
+    round-off eigenvalues clamped to 0)."""
+    w, v = torch.linalg.eigh((s + s.T) / 2)
+    return (v * w.clamp_min(0).sqrt()) @ v.T
+
+
+def gaussian_frechet(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor, cov_b: torch.Tensor) -> float:
+    """Squared 2-Wasserstein distance between N(mu_a, cov_a) and N(mu_b, cov_b):
+
+        ||mu_a - mu_b||^2 + tr(cov_a) + tr(cov_b) - 2 tr( (cov_a^{1/2} cov_b cov_a^{1/2})^{1/2} ),
+
+    computed in float64 with symmetric eigendecompositions (no complex sqrtm)."""
+    mu_a, mu_b, cov_a, cov_b = (t.detach().to(torch.float64) for t in (mu_a, mu_b, cov_a, cov_b))
+    root_a = _sqrtm_psd(cov_a)
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
+    value = ((mu_a - mu_b) ** 2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross
+    return float(value.clamp_min(0))
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """Frechet distance (the FID formula) between feature sets a [N, F] and b [M, F]: fit
+    a Gaussian to each (sample mean, covariance with 1/(N-1)) and return
+    :func:`gaussian_frechet`. Biased upward for small N (as FID is); compare methods only at
+    the same N and feature extractor."""
+    a, b = _flat(feats_a, "feats_a"), _flat(feats_b, "feats_b")
+    if feats_a.dim() != 2 or feats_b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need two [N, F] feature sets with the same F, got {tuple(feats_a.shape)} and {tuple(feats_b.shape)}")
+    return gaussian_frechet(a.mean(0), torch.cov(a.T, correction=1).reshape(a.shape[1], a.shape[1]),
+                            b.mean(0), torch.cov(b.T, correction=1).reshape(b.shape[1], b.shape[1]))
