@@ -83,3 +83,24 @@ def test_bad_labels_are_refused(tmp_path):
         enc.train_encoder(imgs, labels[:5], tmp_path / "e", steps=1, **SMALL)
     with pytest.raises(ValueError, match="two classes"):
         enc.train_encoder(imgs, np.zeros(8, dtype=np.int64), tmp_path / "e", steps=1, **SMALL)
+
+
+def test_train_encoder_command_and_its_input_errors(tmp_path, capsys):
+    from exactpost.cli import main
+
+    imgs, labels = _two_class_images(40, 5)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=imgs.permute(0, 2, 3, 1).numpy(), lab=labels, split=np.arange(40) % 4 == 0)
+    out = tmp_path / "enc"
+    args = ["train-encoder", "--data", str(data), "--labels", "lab", "--data-split", "0", "--eval-split", "1",
+            "--image-size", "8", "--channels", "4,8,8", "--steps", "30", "--batch-size", "16", "--lr", "1e-2",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    card = enc.load_encoder(out).card
+    assert card["command"].startswith("exactpost train-encoder") and card["data"]["split"] == [0]
+    assert card["metrics"]["eval_images"] == 10 and card["training"]["n_train"] == 30
+    assert "held-out accuracy" in capsys.readouterr().out
+    assert main(args[:4] + ["nope"] + args[5:]) == 2  # unknown label key
+    assert main(args[:2] + [str(tmp_path / "missing.npz")] + args[3:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("exactpost: error:") for line in err)

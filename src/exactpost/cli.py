@@ -253,7 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="exactpost-restore", help="output folder (default ./exactpost-restore)")
     r.add_argument("--overwrite", action="store_true", help="write into an existing non-empty output folder")
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    from . import encoder
+
+    encoder.add_arguments(sub.add_parser("train-encoder", help="train the small classifier whose features give the "
+                                                               "encoder Frechet distance of `bench images`"))
     return ap
+
+
+def cmd_train_encoder(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from . import encoder
+
+    return encoder.run(args, "exactpost " + " ".join(shlex.quote(a) for a in argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)  # argparse itself exits 2 with a one-line usage error
     handlers = {"train": cmd_train, "finetune": cmd_train, "sample": cmd_sample, "models": cmd_models,
                 "demo": cmd_demo, "restore": cmd_restore,
-                "bench": cmd_bench}
+                "bench": cmd_bench, "train-encoder": cmd_train_encoder}
     try:
         return handlers[args.command](args, argv)
     except (UsageError, DataError, CheckpointError, ValueError, FileNotFoundError) as exc:

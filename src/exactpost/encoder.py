@@ -253,3 +253,71 @@ def find_encoder(family_or_path: str | Path) -> Optional[Encoder]:
         if Path(str(candidate) + ".json").exists():
             return load_encoder(candidate)
     return None
+
+
+# --- command line (``exactpost train-encoder``) -----------------------------------------------
+def add_arguments(p: Any) -> None:
+    """Flags of ``exactpost train-encoder`` (an argparse parser)."""
+    p.add_argument("--data", required=True, help=".npz holding images and integer labels")
+    p.add_argument("--labels", required=True, help="label array key in the .npz (e.g. train_labels, celeba_identity)")
+    p.add_argument("--data-key", default=None, help="image array key (default: images or train_images)")
+    p.add_argument("--data-split", default=None, help="values of the .npz 'split' array to train on (comma-separated)")
+    p.add_argument("--eval-key", default=None, help="held-out image key for the reported accuracy (e.g. test_images)")
+    p.add_argument("--eval-labels", default=None, help="held-out label key (e.g. test_labels)")
+    p.add_argument("--eval-split", default=None, help="held-out 'split' values (e.g. 1 for validation)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", default="32,64,128", help="widths of the three stages")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--name", default=None, help="encoder name shown in benchmark tables")
+    p.add_argument("--out", required=True, help="checkpoint path, e.g. models/<family>/encoder (resumes if present)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _split(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise DataError(f"split must be comma-separated integers, got {text!r}") from None
+
+
+def run(args: Any, command: str) -> int:
+    """``exactpost train-encoder``: train (or resume) and report accuracies; errors in the
+    inputs raise DataError/CheckpointError/ValueError (the CLI prints one line, exits 2)."""
+    import time
+
+    from .training.data import load_images
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    split = _split(args.data_split)
+    images = load_images(args.data, args.data_key, split, args.image_size)
+    labels = load_labels(args.data, args.labels, split)
+    if len(labels) != len(images):
+        raise DataError(f"{args.data}: {len(images)} images but {len(labels)} labels in {args.labels!r}")
+    eval_images = eval_labels = None
+    if args.eval_key or args.eval_split:
+        eval_split = _split(args.eval_split)
+        eval_images = load_images(args.data, args.eval_key or args.data_key, eval_split, args.image_size)
+        eval_labels = load_labels(args.data, args.eval_labels or args.labels, eval_split)
+    name = args.name or f"encoder ({Path(args.data).name}:{args.labels})"
+    t0 = time.time()
+    _, card = train_encoder(images, labels, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            channels=tuple(int(c) for c in args.channels.split(",")), seed=args.seed,
+                            checkpoint_every=args.checkpoint_every, eval_images=eval_images, eval_labels=eval_labels,
+                            progress=not args.no_progress,
+                            card=dict(name=name, command=command,
+                                      data=dict(path=str(args.data), key=args.data_key, labels=args.labels, split=split,
+                                                eval_key=args.eval_key, eval_labels=args.eval_labels,
+                                                eval_split=_split(args.eval_split))))
+    m = card["metrics"]
+    extra = f", held-out accuracy {m['eval_accuracy']:.3f} on {m['eval_images']} images" if "eval_accuracy" in m else ""
+    print(f"encoder {args.out}: {len(card['classes'])} classes, train accuracy {m['train_accuracy']:.3f}{extra} "
+          f"({time.time() - t0:.0f} s this call)")
+    return 0
