@@ -108,3 +108,18 @@ def test_cost_rejects_unknown_methods(models_env):
     cost = _load("cost")
     with pytest.raises(SystemExit):
         cost.main(["--model", "tiny-32", "--methods", "nope", "--no-memory"])
+
+
+def test_collect_results_orders_tables_and_links_plots(tmp_path):
+    mod = _load("collect_results")
+    (tmp_path / "cost.md").write_text("# Cost\n\nCommand: `x`\n")
+    (tmp_path / "bench_images_faces-32.md").write_text("# Images\n\n| a |\n")
+    (tmp_path / "bench_images_faces-32_psnr_nfe.png").write_bytes(b"png")
+    (tmp_path / "zzz_other.md").write_text("## Other\n")
+    text = mod.collect(tmp_path)
+    order = [text.index(s) for s in ("from results/bench_images_faces-32.md", "from results/cost.md",
+                                     "from results/zzz_other.md")]
+    assert order == sorted(order)
+    assert "### Images" in text and "#### Other" in text and "\n# Cost" not in text  # nested under the index
+    assert "![bench_images_faces-32_psnr_nfe](results/bench_images_faces-32_psnr_nfe.png)" in text
+    assert "- [Image benchmarks (bundled models) (faces-32)](results/bench_images_faces-32.md)" in text
