@@ -123,3 +123,32 @@ def test_collect_results_orders_tables_and_links_plots(tmp_path):
     assert "### Images" in text and "#### Other" in text and "\n# Cost" not in text  # nested under the index
     assert "![bench_images_faces-32_psnr_nfe](results/bench_images_faces-32_psnr_nfe.png)" in text
     assert "- [Image benchmarks (bundled models) (faces-32)](results/bench_images_faces-32.md)" in text
+
+
+def test_ablations_run_every_part_and_report_measured_numbers(models_env, tmp_path):
+    from exactpost.restoration import eps_restore
+
+    ab = _load("ablations")
+    data = _tiny_npz(tmp_path / "d.npz")
+    eps_path = str(models_env / "tiny-32" / "eps")
+    args = ab.parse_args(["--model", "tiny-32", "--data", str(data), "--test-split", "2", "--n", "2", "--samples", "2",
+                          "--warm-tasks", "sr4", "--sigma-starts", "80,1", "--nfe", "4,6", "--reference-nfe", "6",
+                          "--baseline-nfe", "4", "--single-task-model", eps_path, "--threads", "1",
+                          "--out", str(tmp_path / "ab")])
+    res = ab.run(args, "test")
+    assert [(r["sigma_start"], r["nfe"]) for r in res["warmstart"]["rows"]] == [(80, 4), (80, 6), (1, 4), (1, 6)]
+    eq = {r["sigma_start"]: r for r in res["warmstart"]["equal_quality"]}
+    assert eq[80]["min_nfe_at_equal_crps"] in (4, 6)  # the reference itself always qualifies
+    # the table's number is the CRPS of exactly this restoration
+    entry = zoo.find_model("tiny-32", "eps")
+    x0 = ab.to_float(ab.load_images(str(data), None, [2], 32))[:2]
+    op, y, g = ab.measure("sr4", "sr4", x0, 0.05, 0)
+    with torch.no_grad():
+        again = eps_restore(zoo.load(entry), entry.card, op, y, 0.05, "sr4", n_samples=2, nfe=6, generator=g)
+    assert res["warmstart"]["rows"][1]["crps"] == pytest.approx(float(ab.crps(again.samples, x0).mean()), rel=1e-6)
+    ops = [(r["operator"], r["method"]) for r in res["extreme"]["rows"]]
+    assert ("inpaint-random-90", "eps") in ops and ("sr8", "ddnm") in ops and len(ops) == 8
+    assert [r["model"] for r in res["amortisation"]["rows"]] == ["all-task EPS", "inpaint-random-only EPS"]
+    md = (tmp_path / "ab.md").read_text()
+    assert "## Warm start" in md and "| sr8 | eps | sr4 |" in md and "Command: `test`" in md
+    json.loads((tmp_path / "ab.json").read_text())

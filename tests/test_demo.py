@@ -126,3 +126,30 @@ def test_eps_restore_refuses_a_palette_card(models_env):
     assert res.samples.shape == (3, 1, 3, 32, 32) and res.nfe_sample == 5 and torch.isfinite(res.std).all()
     with pytest.raises(ValueError, match="trained for tasks"):
         palette_restore(zoo.load(pal), pal.card, op, y, 0.05, "denoise")
+
+
+def test_eps_warm_start_begins_at_the_mean_with_sigma_start_noise(models_env):
+    import torch
+
+    from exactpost.restoration import eps_restore
+    from exactpost.tasks import make_operator, simulate
+
+    eps = zoo.find_model("tiny-32", "eps")
+    net = zoo.load(eps)
+    x0 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    op = make_operator("inpaint-random", 2, (3, 32, 32), generator=torch.Generator().manual_seed(0))
+    y = simulate(op, x0, 0.05, generator=torch.Generator().manual_seed(1))
+
+    def run(**kw):
+        return eps_restore(net, eps.card, op, y, 0.05, "inpaint-random", n_samples=2, nfe=8,
+                           generator=torch.Generator().manual_seed(5), **kw)
+
+    cold, same = run(), run(sigma_start=80.0)
+    assert torch.equal(cold.samples, same.samples)  # sigma_start = sigma_max is the default sampler
+    warm = run(sigma_start=0.01)
+    assert warm.settings["sigma_start"] == 0.01 and warm.nfe_sample == cold.nfe_sample == 8
+    # from sigma 0.01 the EDM denoiser nearly returns its input: samples stay at the mean,
+    # unlike the cold start's samples from sigma 80
+    assert (warm.samples - warm.mean).abs().max() < 0.1 < (cold.samples - cold.mean).abs().max()
+    with pytest.raises(ValueError, match="sigma_start"):
+        run(sigma_start=100.0)
