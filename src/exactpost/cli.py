@@ -200,9 +200,9 @@ def cmd_restore(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .bench import gmm_bench
+    from .bench import gmm_bench, images_bench
 
-    return {"gmm": gmm_bench.run}[args.bench](args)
+    return {"gmm": gmm_bench.run, "images": images_bench.run}[args.bench](args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gmm_bench.add_arguments(bsub.add_parser("gmm", help="MCGdiff mixture benchmark: EPS and every baseline "
                                                         "against the exact posterior"))
+    from .bench import images_bench
+
+    images_bench.add_arguments(bsub.add_parser("images", help="EPS, Palette and every baseline on test images: "
+                                                              "PSNR, SSIM, CRPS, MMD, FD, time and cost"))
     r = sub.add_parser("restore", help="restore your own image: posterior mean, samples and std as PNGs")
     r.add_argument("input", help="the measurement image (or, with --simulate, a clean image to degrade)")
     r.add_argument("--task", required=True, help="inpaint-random, inpaint-box, sr4, deblur-gauss or deblur-motion")
