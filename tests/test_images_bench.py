@@ -20,7 +20,7 @@ from exactpost import zoo
 from exactpost.bench import images_bench as ib
 from exactpost.cli import build_parser, main
 from exactpost.demo import task_seed
-from exactpost.metrics import crps, frechet_distance, mmd2, psnr
+from exactpost.metrics import crps, frechet_distance, mmd2, mmd2_paired, psnr
 from exactpost.restore import method_names, restore_measurement
 from exactpost.tasks import make_operator, simulate
 from exactpost.training.data import to_float
@@ -182,10 +182,10 @@ def test_paired_mmd2_is_unbiased_for_paired_sets_where_metrics_mmd2_is_not():
     x_indep = torch.randn(n, d, generator=g, dtype=torch.float64) + 0.1 * torch.randn(n, d, generator=g,
                                                                                         dtype=torch.float64)
     h = float(torch.pdist(y).median())
-    paired, naive, indep = ib.paired_mmd2(x, y, h), mmd2(x, y, h), mmd2(x_indep, y, h)
+    paired, naive, indep = mmd2_paired(x, y, h), mmd2(x, y, h), mmd2(x_indep, y, h)
     assert abs(paired) < 0.0015 and abs(indep) < 0.0015
     assert naive < -0.003 and naive < paired - 0.003
-    assert ib.paired_mmd2(x[:5], y[:5], h) == pytest.approx(_paired_mmd2_loops(x[:5], y[:5], h), rel=1e-12)
+    assert mmd2_paired(x[:5], y[:5], h) == pytest.approx(_paired_mmd2_loops(x[:5], y[:5], h), rel=1e-12)
     # the same as metrics.mmd2 but for the matched pairs in the cross term
     kxy = torch.exp(-torch.cdist(x, y) ** 2 / (2 * h * h))
     off = float(kxy.sum() - kxy.diagonal().sum()) / (n * (n - 1))

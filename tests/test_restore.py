@@ -134,3 +134,26 @@ def test_every_method_restores_through_the_same_command(env, tmp_path, method):
     info = json.loads((out / "restore.json").read_text())
     assert info["method"] == method and info["model_kind"] == ("palette" if method == "palette" else "prior")
     assert 1 <= info["nfe_sample"] <= 4 and np.isfinite(info["scores"]["crps"])
+
+
+def test_restore_measurement_passes_baseline_settings_and_refuses_them_for_trained_methods(env):
+    import torch
+
+    from exactpost.restore import restore_measurement
+    from exactpost.tasks import make_operator, simulate
+
+    prior = zoo.find_model("tiny-32", "prior")
+    net = zoo.load(prior)
+    op = make_operator("sr4", 1, (3, 32, 32), generator=0)
+    y = simulate(op, torch.zeros(1, 3, 32, 32), 0.05, generator=0)
+
+    def ddnm(**settings):
+        return restore_measurement("ddnm", net, prior.card, op, y, 0.05, "sr4", n_samples=1, nfe=4,
+                                   generator=torch.Generator().manual_seed(0), **settings)
+
+    default, same, other = ddnm(), ddnm(settings={"eta": 0.85}), ddnm(settings={"eta": 0.1})
+    assert torch.equal(default.samples, same.samples)  # 0.85 is DDNM's reference eta
+    assert not torch.equal(default.samples, other.samples) and other.settings["tuned"] == {"eta": 0.1}
+    eps = zoo.find_model("tiny-32", "eps")
+    with pytest.raises(ValueError, match="no baseline settings"):
+        restore_measurement("eps", zoo.load(eps), eps.card, op, y, 0.05, "sr4", settings={"eta": 0.1})

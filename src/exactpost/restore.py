@@ -139,16 +139,21 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
 
 def restore_measurement(method: str, net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor,
                         sigma_y: float, task: str, *, n_samples: int = 4, nfe: int = 20,
-                        generator: Optional[torch.Generator] = None) -> Restoration:
+                        generator: Optional[torch.Generator] = None,
+                        settings: Optional[dict] = None) -> Restoration:
     """One interface for every method: ``eps`` and ``palette`` take their trained network
     and card; every zero-shot baseline of :mod:`exactpost.baselines` takes the prior network
-    (``card`` unused). Returns a :class:`~exactpost.restoration.Restoration` (mean, samples
+    (``card`` unused) and optional ``settings`` (e.g. tuned step sizes; an error for the
+    trained methods). Returns a :class:`~exactpost.restoration.Restoration` (mean, samples
     [M, B, ...], std, NFE)."""
     g = generator
+    if settings and method in TRAINED_METHODS:
+        raise ValueError(f"{method} takes no baseline settings (got {sorted(settings)})")
     if method == "eps":
         return eps_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g)
     if method == "palette":
         return palette_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g)
     from .baselines_restore import baseline_restore
 
-    return baseline_restore(method, net, op, y, sigma_y, n_samples=n_samples, nfe=nfe, generator=g, task=task)
+    return baseline_restore(method, net, op, y, sigma_y, n_samples=n_samples, nfe=nfe, generator=g, task=task,
+                            settings=settings)

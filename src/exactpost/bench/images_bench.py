@@ -30,7 +30,7 @@ Scores of a cell (images in [-1, 1], samples clamped to [-1, 1] as when saved as
   the flattened images (the kernel of :func:`~exactpost.metrics.mmd2`) with one bandwidth for
   the whole run, h = the median pairwise distance of the N truth images (so cells compare).
   The sets are *paired* (x_i is drawn given the measurement of y_i), so the estimator is
-  :func:`paired_mmd2`, the U-statistic over the pairs (Gretton et al. 2012, eq. 4):
+  :func:`exactpost.metrics.mmd2_paired`, the U-statistic over the pairs (Gretton et al. 2012, eq. 4):
   metrics.mmd2's cross term also averages the N matched pairs k(x_i, y_i), which are close,
   and would reward a sample for resembling its own truth (a bias of about -2 (k_ii - k_ij) / N,
   -0.08 at N = 8) rather than measure the distance between the distributions. It can be
@@ -551,43 +551,13 @@ def restore_batch(setup: Setup, cell: Cell, op, y: torch.Tensor, g: torch.Genera
     net = setup.net(kind)
     card = setup.entries[kind].card
     settings = dict(setup.tuned.get(method, {}).get(cell.task, {})) if kind == "prior" else {}
-    if not settings:
-        return restore_measurement(method, net, card, op, y, setup.cfg.sigma_y, cell.task,
-                                   n_samples=setup.cfg.samples, nfe=cell.nfe, generator=g), settings
-    return _tuned_baseline_restore(method, net, op, y, setup.cfg.sigma_y, cell.task, setup.cfg.samples, cell.nfe,
-                                   g, settings), settings
-
-
-def _tuned_baseline_restore(method: str, prior_net, op, y, sigma_y: float, task: str, n_samples: int, nfe: int,
-                            g: torch.Generator, settings: dict):
-    """:func:`exactpost.baselines_restore.baseline_restore` with explicit (tuned) settings:
-    ``n_samples`` runs of ``run_method(..., task=task, **settings)``, the mean of the samples."""
-    from ..baselines import get_method, run_method
-    from ..interpolants import EDM
-    from ..nets.precond import as_denoiser
-    from ..restoration import Restoration
-
-    spec = get_method(method)
-    t0 = time.perf_counter()
-    prior = as_denoiser(prior_net, EDM())
-    shape = (y.shape[0],) + tuple(op.in_shape)
-    draws, nfe_used, backward = [], 0, 0
-    for _ in range(n_samples):
-        with torch.enable_grad() if spec.uses_backprop else torch.no_grad():
-            res = run_method(method, prior, op, y, sigma_y, shape, interpolant=EDM(), nfe=nfe, generator=g,
-                             task=task, **settings)
-        draws.append(res.x0.detach())
-        nfe_used, backward = res.nfe, res.backward_passes
-    samples = torch.stack(draws)
-    return Restoration(samples.mean(0), samples, samples.std(0, unbiased=True), 0, nfe_used,
-                       time.perf_counter() - t0, method,
-                       dict(method=method, backward_passes_per_sample=backward, interpolant="edm",
-                            mean="average of the samples", tuned=settings))
+    return restore_measurement(method, net, card, op, y, setup.cfg.sigma_y, cell.task, n_samples=setup.cfg.samples,
+                               nfe=cell.nfe, generator=g, settings=settings), settings
 
 
 def score_cell(setup: Setup, samples: torch.Tensor, net_mean: Optional[torch.Tensor]) -> dict[str, Any]:
     """The scores of one cell from its samples [K, N, C, H, W] (module docstring)."""
-    from ..metrics import crps, interval_coverage, psnr, ssim
+    from ..metrics import crps, interval_coverage, mmd2_paired, psnr, ssim
 
     x0 = setup.truth
     out: dict[str, Any] = {}
@@ -604,34 +574,10 @@ def score_cell(setup: Setup, samples: torch.Tensor, net_mean: Optional[torch.Ten
     out["crps"] = float(crps(samples, x0).mean())
     out["coverage90"] = interval_coverage(samples, x0, LEVEL) if finite else math.nan
     first = samples[0].clamp(-1, 1)
-    out["mmd2"] = paired_mmd2(first, x0, setup.bandwidth) if finite else math.nan
+    out["mmd2"] = mmd2_paired(first, x0, setup.bandwidth) if finite else math.nan
     out["mmd_bandwidth"] = setup.bandwidth
     out.update(fd_of(setup, first if finite else None))
     return out
-
-
-def paired_mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
-    """Unbiased MMD^2 of paired samples x [N, ...], y [N, ...] (Gretton et al. 2012, eq. 4):
-
-        1/(N(N-1)) sum_{i != j} [ k(x_i, x_j) + k(y_i, y_j) - k(x_i, y_j) - k(x_j, y_i) ],
-
-    k(a, b) = exp(-||a - b||^2 / (2 h^2)) on the flattened samples. It differs from
-    :func:`exactpost.metrics.mmd2` (eq. 3) only in the cross term, which leaves out the
-    matched pairs (x_i, y_i); with independent sets both are unbiased, with paired ones only
-    this one is."""
-    a = x.detach().reshape(x.shape[0], -1).to(torch.float64)
-    b = y.detach().reshape(y.shape[0], -1).to(torch.float64)
-    if a.shape != b.shape or len(a) < 2:
-        raise ValueError(f"need two paired sets [N >= 2, ...] of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if not bandwidth > 0:
-        raise ValueError(f"the kernel bandwidth must be > 0, got {bandwidth}")
-    n = len(a)
-
-    def off_diagonal_mean(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        k = torch.exp(-torch.cdist(u, v) ** 2 / (2 * bandwidth * bandwidth))
-        return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
-
-    return float(off_diagonal_mean(a, a) + off_diagonal_mean(b, b) - 2 * off_diagonal_mean(a, b))
 
 
 def fd_of(setup: Setup, first: Optional[torch.Tensor]) -> dict[str, Any]:
@@ -1040,7 +986,7 @@ def run_config(cfg: BenchConfig) -> int:
     doc = dict(meta=meta, config=config, models=models, data=setup.data,
                encoder=dict(name=setup.encoder_name, note=setup.encoder_note or None),
                mmd_bandwidth=setup.bandwidth,
-               mmd_estimator="paired U-statistic, Gretton et al. 2012 eq. 4 (images_bench.paired_mmd2)",
+               mmd_estimator="paired U-statistic, Gretton et al. 2012 eq. 4 (metrics.mmd2_paired)",
                bare=[cache.records[bare_key(n)] for n in budgets if bare_key(n) in cache.records], cells=rows)
     save_text(out.with_name(out.name + ".json"), json.dumps(_json_safe(doc), indent=1) + "\n")
     save_text(out.with_name(out.name + ".md"), markdown(setup, rows, meta))
