@@ -99,6 +99,7 @@ def test_train_encoder_command_and_its_input_errors(tmp_path, capsys):
     card = enc.load_encoder(out).card
     assert card["command"].startswith("exactpost train-encoder") and card["data"]["split"] == [0]
     assert card["metrics"]["eval_images"] == 10 and card["training"]["n_train"] == 30
+    assert card["wall_time_s"] > 0 and "torch" in card["hardware"]
     assert "held-out accuracy" in capsys.readouterr().out
     assert main(args[:4] + ["nope"] + args[5:]) == 2  # unknown label key
     assert main(args[:2] + [str(tmp_path / "missing.npz")] + args[3:]) == 2

@@ -24,6 +24,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -131,6 +134,10 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return pad[:, :, dy:dy + h, dx:dx + w]
 
 
+def _hardware() -> str:
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), torch {torch.__version__}, {platform.machine()}"
+
+
 def learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
     if step < warmup:
@@ -180,7 +187,8 @@ def train_encoder(images_u8: torch.Tensor, labels: Sequence[int] | np.ndarray, r
         torch.manual_seed(seed)
         model = Encoder(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    step = 0
+    step, wall_before = 0, 0.0
+    t_start = time.time()
     base = dict(card or {}, kind=KIND, architecture=config.to_dict(), classes=[int(c) for c in classes],
                 training=settings)
     if Path(str(run_path) + ".json").exists():
@@ -191,6 +199,10 @@ def train_encoder(images_u8: torch.Tensor, labels: Sequence[int] | np.ndarray, r
             return load_encoder(run_path), old
         step = unpack_state(tensors, old, model=model, optimizer=opt, rng={"data": gen},
                             restore_global_rng=False)["step"]
+        wall_before = float(old.get("wall_time_s", 0.0))
+
+    def timing() -> dict[str, Any]:
+        return dict(wall_time_s=round(wall_before + time.time() - t_start, 1), hardware=_hardware())
 
     bar = tqdm(total=steps, initial=step, desc="train encoder", disable=not progress, unit="step")
     model.train()
@@ -209,7 +221,7 @@ def train_encoder(images_u8: torch.Tensor, labels: Sequence[int] | np.ndarray, r
         if step % checkpoint_every == 0 and step < steps:  # resumable training state
             tensors, part = pack_state(model=model, optimizer=opt, step=step, rng={"data": gen},
                                        capture_global_rng=False)
-            save_checkpoint(run_path, tensors, dict(base, steps_done=step, **part))
+            save_checkpoint(run_path, tensors, dict(base, steps_done=step, **timing(), **part))
     bar.close()
     metrics: dict[str, Any] = dict(train_accuracy=accuracy(model, images_u8[:5000], y[:5000]))
     if eval_images is not None and eval_labels is not None:
@@ -219,7 +231,7 @@ def train_encoder(images_u8: torch.Tensor, labels: Sequence[int] | np.ndarray, r
                                             torch.from_numpy(np.searchsorted(classes, ev[known])).long())
         metrics["eval_images"] = int(known.sum())
     # the finished checkpoint: weights only (what ships), no optimiser state
-    final = dict(base, steps_done=step, metrics=metrics, params=sum(p.numel() for p in model.parameters()))
+    final = dict(base, steps_done=step, metrics=metrics, params=sum(p.numel() for p in model.parameters()), **timing())
     save_checkpoint(run_path, {f"weights.{k}": v for k, v in model.state_dict().items()}, final)
     model.eval()
     return model, final
@@ -290,8 +302,6 @@ def _split(text: Optional[str]) -> Optional[list[int]]:
 def run(args: Any, command: str) -> int:
     """``exactpost train-encoder``: train (or resume) and report accuracies; errors in the
     inputs raise DataError/CheckpointError/ValueError (the CLI prints one line, exits 2)."""
-    import time
-
     from .training.data import load_images
 
     if args.threads:
