@@ -34,6 +34,8 @@ def test_card_is_complete_and_weights_load(entry):
     data = entry.card["data"]
     if "faces64" in str(data["path"]):
         assert data["split"] == [0], "faces models train on split 0 only (1 = validation, 2 = test)"
+    if "cifar10" in str(data["path"]):
+        assert data["key"] == "train_images", "cifar10 models train on the train split only"
     net = zoo.load(entry)  # digest checked, safetensors only
     assert sum(p.numel() for p in net.parameters()) == entry.card["params"]
     if entry.kind != "prior":
@@ -49,3 +51,14 @@ def test_bundled_demo_runs_on_one_task(tmp_path, monkeypatch):
     row = res["tasks"][0]
     assert row["nfe_sample"] == 4 and torch.isfinite(torch.tensor(row["psnr_mean"]))
     assert (tmp_path / "d" / "inpaint-box.png").is_file()
+
+
+@pytest.mark.parametrize("name", zoo.model_names(ROOT))
+def test_each_family_ships_a_feature_encoder_better_than_chance(name):
+    from exactpost.encoder import find_encoder
+
+    enc = find_encoder(ROOT / name / "encoder")
+    assert enc is not None, f"models/{name} has no encoder (exactpost train-encoder)"
+    m, classes = enc.card["metrics"], len(enc.card["classes"])
+    assert m["eval_images"] >= 500 and m["eval_accuracy"] > 3.0 / classes  # held-out, far above chance
+    assert enc.features(torch.zeros(2, 3, 32, 32)).shape == (2, enc.feature_dim)
