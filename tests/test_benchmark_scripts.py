@@ -148,7 +148,11 @@ def test_ablations_run_every_part_and_report_measured_numbers(models_env, tmp_pa
     assert res["warmstart"]["rows"][1]["crps"] == pytest.approx(float(ab.crps(again.samples, x0).mean()), rel=1e-6)
     ops = [(r["operator"], r["method"]) for r in res["extreme"]["rows"]]
     assert ("inpaint-random-90", "eps") in ops and ("sr8", "ddnm") in ops and len(ops) == 8
+    by = {(r["operator"], r["method"]): r for r in res["extreme"]["rows"]}
+    assert by[("sr8", "ddnm")]["net_mean_psnr"] is None  # no 1-NFE mean: never mixed with the samples' average
+    assert by[("sr8", "eps")]["net_mean_psnr"] is not None and by[("sr8", "eps")]["sample_mean_psnr"] is not None
     assert [r["model"] for r in res["amortisation"]["rows"]] == ["all-task EPS", "inpaint-random-only EPS"]
     md = (tmp_path / "ab.md").read_text()
-    assert "## Warm start" in md and "| sr8 | eps | sr4 |" in md and "Command: `test`" in md
+    assert "## Warm start" in md and "| sr8 | eps | sr4 |" in md and "| sr8 | ddnm | - | 4 | - |" in md
+    assert "Command: `test`" in md
     json.loads((tmp_path / "ab.json").read_text())
