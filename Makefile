@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 
-.PHONY: install test demo bench-pivot bench-gmm bench-quality clean
+.PHONY: install test demo bench-pivot bench-gmm bench-quality bench-images bench-ablations results clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,18 @@ bench-gmm: install
 bench-quality: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/model_quality.py --model faces-32 --data ../shared/data/faces64.npz \
 		--train-split 0 --test-split 2 --n 100
+
+# the paper's image table on the bundled faces model (100 test images, 4 samples; hours on 2 CPU cores; resumable)
+bench-images: install
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/exactpost bench images --model faces-32
+
+bench-ablations: install
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/ablations.py --model faces-32 --data ../shared/data/faces64.npz \
+		--test-split 2 --n 32
+
+# benchmarks/RESULTS.md from the committed result tables
+results: install
+	$(PY) benchmarks/collect_results.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache exactpost-demo
