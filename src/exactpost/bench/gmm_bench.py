@@ -91,6 +91,7 @@ from ..interpolants import EDM
 from ..metrics import random_directions, sliced_wasserstein
 from ..operators import DenseOperator
 from .gmm_eval import eps_oracle_draw
+from .records import RecordLog, json_safe
 
 #: the reference sampler whose scores are the noise floor
 FLOOR = "exact"
@@ -413,41 +414,14 @@ class Cache:
 
     def __init__(self, cfg: BenchConfig):
         self.dir = Path(cfg.out + ".cache")
-        self.path = self.dir / "cells.jsonl"
         self.samples_dir = self.dir / "samples"
-        self.header = dict(header=cfg.scoring())
-        self.records: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            lines = self.path.read_text().splitlines()
-            try:
-                old = json.loads(lines[0]) if lines else None
-            except json.JSONDecodeError:
-                old = None
-            if old != self.header:
-                if not cfg.fresh:
-                    was = old.get("header") if isinstance(old, dict) else old
-                    diff = {k: (was or {}).get(k) for k, v in cfg.scoring().items() if (was or {}).get(k) != v}
-                    raise ValueError(f"{self.path} holds cells measured with other options "
-                                     f"({', '.join(f'{k} was {v}' for k, v in diff.items())}); rerun with "
-                                     f"those, another --out, or --fresh to discard them")
-                self._clear()
-            else:
-                for line in lines[1:]:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line torn by a kill
-                    if isinstance(rec, dict) and "key" in rec:
-                        self.records[rec["key"]] = rec
-        if not self.path.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            save_text(self.path, json.dumps(self.header) + "\n")
+        self.log = RecordLog(self.dir, cfg.scoring(), cfg.fresh, on_clear=self._clear)
+        self.path, self.records = self.log.path, self.log.records
 
     def _clear(self) -> None:
         if self.samples_dir.is_dir():
             for f in self.samples_dir.glob("*.npy"):
                 f.unlink()
-        self.path.unlink()
 
     def sample_path(self, key: str) -> Path:
         return self.samples_dir / f"{key}.npy"
@@ -460,11 +434,7 @@ class Cache:
             self.samples_dir.mkdir(parents=True, exist_ok=True)
             arr = samples.detach().to(torch.float64).numpy()
             write_atomic(self.sample_path(rec["key"]), lambda f: np.save(f, arr, allow_pickle=False))
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.records[rec["key"]] = rec
+        self.log.append(rec)
 
 
 # --- aggregation ------------------------------------------------------------------------
@@ -615,16 +585,6 @@ def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], meta: dict[str, Any])
     return "\n".join(L) + "\n"
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
 def write_samples_npz(cfg: BenchConfig, cache: Cache, path: str | os.PathLike) -> Path:
     """Every problem of the run as arrays ``<problem>__<name>`` (problem = d{d}_dy{dy}_p{p}):
     prior_weights [25], prior_means [25, d] (identity covariances), A [dy, d], y [dy],
@@ -711,7 +671,7 @@ def run_config(cfg: BenchConfig) -> int:
     meta["checks"] = checks(cfg, rows)
     out = Path(cfg.out)
     save_text(out.with_name(out.name + ".json"),
-              json.dumps(_json_safe(dict(meta=meta, rows=rows,
+              json.dumps(json_safe(dict(meta=meta, rows=rows,
                                          cells=[cache.records[c.key] for c in cells])), indent=1) + "\n")
     save_text(out.with_name(out.name + ".md"), markdown(cfg, rows, meta))
     if cfg.save_samples:

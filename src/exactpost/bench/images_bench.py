@@ -86,6 +86,7 @@ import torch
 from .. import zoo
 from ..imageio import save_text, write_atomic
 from .gmm_bench import derived_seed
+from .records import RecordLog, json_safe
 
 #: bump when the protocol changes, so old caches are not mixed with new cells
 PROTOCOL_VERSION = 1
@@ -663,44 +664,15 @@ class Cache:
 
     def __init__(self, prefix: str, header: dict[str, Any], fresh: bool):
         self.dir = Path(prefix + ".cache")
-        self.path = self.dir / "cells.jsonl"
         self.partial_dir = self.dir / "partial"
         self.firsts_dir = self.dir / "firsts"
-        self.header = dict(header=header)
-        self.records: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            lines = self.path.read_text().splitlines()
-            try:
-                old = json.loads(lines[0]) if lines else None
-            except json.JSONDecodeError:
-                old = None
-            if old != json.loads(json.dumps(self.header)):
-                if not fresh:
-                    was = old.get("header") if isinstance(old, dict) else None
-                    was = was if isinstance(was, dict) else {}
-                    diff = [k for k, v in json.loads(json.dumps(header)).items() if was.get(k) != v]
-                    raise ValueError(f"{self.path} holds cells measured with other settings (changed: "
-                                     f"{', '.join(diff) or 'format'}); rerun with those, another --out, or --fresh "
-                                     f"to discard them")
-                self.clear()
-            else:
-                for line in lines[1:]:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line torn by a kill
-                    if isinstance(rec, dict) and "key" in rec:
-                        self.records[rec["key"]] = rec
-        if not self.path.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            save_text(self.path, json.dumps(self.header) + "\n")
+        self.log = RecordLog(self.dir, header, fresh, on_clear=self.clear)
+        self.path, self.records = self.log.path, self.log.records
 
     def clear(self) -> None:
         for d in (self.partial_dir, self.firsts_dir):
             if d.is_dir():
                 shutil.rmtree(d)
-        if self.path.exists():
-            self.path.unlink()
 
     def _partial_path(self, key: str, b: int) -> Path:
         return self.partial_dir / key / f"batch_{b:05d}.npz"
@@ -735,24 +707,10 @@ class Cache:
         if firsts is not None:
             arr = firsts.detach().float().numpy()
             write_atomic(self.firsts_path(rec["key"]), lambda f: np.save(f, arr, allow_pickle=False))
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_json_safe(rec)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.records[rec["key"]] = json.loads(json.dumps(_json_safe(rec)))
+        self.log.append(rec)
         part = self.partial_dir / rec["key"]
         if part.is_dir():
             shutil.rmtree(part)
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 # --- reports ----------------------------------------------------------------------------
@@ -988,7 +946,7 @@ def run_config(cfg: BenchConfig) -> int:
                mmd_bandwidth=setup.bandwidth,
                mmd_estimator="paired U-statistic, Gretton et al. 2012 eq. 4 (metrics.mmd2_paired)",
                bare=[cache.records[bare_key(n)] for n in budgets if bare_key(n) in cache.records], cells=rows)
-    save_text(out.with_name(out.name + ".json"), json.dumps(_json_safe(doc), indent=1) + "\n")
+    save_text(out.with_name(out.name + ".json"), json.dumps(json_safe(doc), indent=1) + "\n")
     save_text(out.with_name(out.name + ".md"), markdown(setup, rows, meta))
     written = [f"{out.name}.json", f"{out.name}.md"]
     if cfg.sweep:
