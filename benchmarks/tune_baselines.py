@@ -60,6 +60,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from exactpost.bench.records import json_safe
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TUNED_PATH = RESULTS / "baseline_tuning.json"
 
@@ -212,17 +214,6 @@ def run_tuning(args: argparse.Namespace) -> dict:
     )
 
 
-def _json_safe(obj: Any) -> Any:
-    """``obj`` with non-finite floats replaced by None (strict JSON)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _fmt(v: Optional[float]) -> str:
     return "-" if v is None else (f"{v:.4g}" if math.isfinite(v) else "diverged")
 
@@ -295,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     res = run_tuning(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "baseline_tuning.json").write_text(json.dumps(_json_safe(res), indent=1, allow_nan=False) + "\n")
+    (out / "baseline_tuning.json").write_text(json.dumps(json_safe(res), indent=1, allow_nan=False) + "\n")
     (out / "baseline_tuning.md").write_text(markdown(res))
     print(f"wrote {out / 'baseline_tuning.json'} and {out / 'baseline_tuning.md'} ({res['seconds'] / 60:.1f} min)")
     return res
