@@ -62,9 +62,14 @@ def collect(results: Path = RESULTS) -> str:
         suffix = f" ({path.stem.split('_')[-1]})" if i < len(ORDER) and ORDER[i][0].endswith("_") else ""
         lines.append(f"- [{title}{suffix}](results/{path.name})")
     lines.append("")
+    owner = {}  # each plot goes under the table with the longest name that prefixes it
+    for png in sorted(results.glob("*.png")):
+        stems = [t.stem for t in tables if png.stem.startswith(t.stem + "_")]
+        if stems:
+            owner.setdefault(max(stems, key=len), []).append(png)
     for path in tables:
         lines += ["---", "", f"<!-- from results/{path.name} -->", _demote(path.read_text().strip()), ""]
-        for png in sorted(results.glob(f"{path.stem}_*.png")):
+        for png in owner.get(path.stem, []):
             lines += [f"![{png.stem}](results/{png.name})", ""]
     return "\n".join(lines)
 

@@ -121,7 +121,12 @@ def test_collect_results_orders_tables_and_links_plots(tmp_path):
                                      "from results/zzz_other.md")]
     assert order == sorted(order)
     assert "### Images" in text and "#### Other" in text and "\n# Cost" not in text  # nested under the index
+    (tmp_path / "bench_images_faces-32_sweep.md").write_text("# Sweep\n")
+    (tmp_path / "bench_images_faces-32_sweep_crps_nfe.png").write_bytes(b"png")
+    text = mod.collect(tmp_path)
     assert "![bench_images_faces-32_psnr_nfe](results/bench_images_faces-32_psnr_nfe.png)" in text
+    assert text.count("bench_images_faces-32_sweep_crps_nfe.png") == 1  # under the sweep's table only
+    assert text.index("bench_images_faces-32_sweep_crps_nfe.png") > text.index("from results/bench_images_faces-32_sweep.md")
     assert "- [Image benchmarks (bundled models) (faces-32)](results/bench_images_faces-32.md)" in text
 
 
