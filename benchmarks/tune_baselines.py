@@ -40,7 +40,13 @@ Measurements: per task, ``make_operator(task, n, (3, 32, 32), generator=g)`` and
 ``simulate(op, x, 0.05, generator=g)`` with ``g`` seeded ``exactpost.demo.task_seed(seed, task)``;
 the sampler's generator is seeded ``task_seed(seed, task) + 100000`` for every grid point.
 
-Writes ``benchmarks/results/baseline_tuning.json`` (``tuned``: {method: {task: {setting: value}}},
+For CIFAR-10, whose file has no validation split, tune on the *last* test images, which no
+benchmark scores (they all take the first ones)::
+
+    .venv/bin/python benchmarks/tune_baselines.py --model cifar10-32 --data ../shared/data/cifar10_32.npz \
+        --key test_images --split none --last --n 8 --name baseline_tuning_cifar10-32
+
+Writes ``benchmarks/results/baseline_tuning.json`` (or ``NAME.json`` with ``--name``) (``tuned``: {method: {task: {setting: value}}},
 ``reference``, the full ``grid`` scores and the command) and ``baseline_tuning.md``. Other
 benchmarks load the chosen settings with :func:`load_tuned` and pass them to
 :func:`exactpost.baselines.run_method` (``run_method(m, ..., task=task, **tuned[m][task])``).
@@ -175,7 +181,11 @@ def run_tuning(args: argparse.Namespace) -> dict:
         p.requires_grad_(False)  # gradients w.r.t. the input only
     prior = as_denoiser(net, EDM())
     size = net.config.image_size
-    x = to_float(load_images(args.data, args.key, [int(s) for s in args.split.split(",")], size))[: args.n]
+    split = None if args.split.lower() == "none" else [int(s) for s in args.split.split(",")]
+    images = load_images(args.data, args.key, split, size)
+    if args.n > len(images):
+        raise SystemExit(f"--n {args.n}: the selection holds only {len(images)} images")
+    x = to_float(images[-args.n:] if args.last else images[: args.n])
     tasks = args.tasks or task_names()
     methods = args.methods or list(GRIDS)
     unknown = sorted(set(methods) - set(GRIDS))
@@ -206,7 +216,7 @@ def run_tuning(args: argparse.Namespace) -> dict:
                       grids={m: dict(setting=GRIDS[m][0], kind=GRIDS[m][1], values=list(GRIDS[m][2]))
                              for m in methods}),
         data=dict(path=str(args.data), key=args.key, split=args.split, n=len(x), image_size=size,
-                  images="the first n images of the split"),
+                  images=f"the {'last' if args.last else 'first'} n images of the selection"),
         model=dict(name=args.model, kind="prior", sha256=entry.card.get("sha256"), steps=entry.card.get("steps"),
                    params=entry.card.get("params")),
         command=args.command, seconds=time.perf_counter() - t_start, date=time.strftime("%Y-%m-%d"),
@@ -224,7 +234,8 @@ def markdown(res: dict) -> str:
     tasks = list(next(iter(grid.values())).keys()) if grid else []
     pr = res["protocol"]
     lines = ["# Baseline step sizes tuned on validation images", "",
-             f"{res['data']['n']} validation images ({res['data']['path']}, split {res['data']['split']}, "
+             f"{res['data']['n']} validation images ({res['data']['path']}, key {res['data'].get('key') or 'images'}, "
+             f"split {res['data']['split']}, {res['data'].get('images', 'the first n images of the split')}, "
              f"{res['data']['image_size']}x{res['data']['image_size']}), NFE {pr['nfe']}, sigma_y {pr['sigma_y']}, "
              f"seed {pr['seed']}, one sample per image, prior {res['model']['name']} "
              f"(sha256 {str(res['model']['sha256'])[:12]}...).", "",
@@ -261,8 +272,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/faces64.npz")
     ap.add_argument("--key", default=None, help="npz key of the images (default: images)")
-    ap.add_argument("--split", default="1", help="split id(s), comma separated (1 = validation; never test)")
-    ap.add_argument("--n", type=int, default=8, help="number of validation images (the first n)")
+    ap.add_argument("--split", default="1", help="split id(s), comma separated (1 = validation; never test); "
+                    "'none' for an .npz without a split array")
+    ap.add_argument("--n", type=int, default=8, help="number of validation images (the first n, or the last with --last)")
+    ap.add_argument("--last", action="store_true",
+                    help="take the last n images of the selection: held-out images of a test array (CIFAR-10's "
+                         "test_images) stay disjoint from the first ones that the benchmarks score")
     ap.add_argument("--model", default="faces-32")
     ap.add_argument("--nfe", type=int, default=100)
     ap.add_argument("--sigma-y", type=float, default=0.05)
@@ -271,7 +286,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--tasks", nargs="*", default=None, help="default: the five tasks of the registry")
     ap.add_argument("--max-extend", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--out", default=str(RESULTS), help="output folder")
+    ap.add_argument("--name", default="baseline_tuning",
+                    help="file stem: NAME.json and NAME.md (default baseline_tuning; e.g. baseline_tuning_cifar10-32 "
+                         "for a second family: exactpost bench images picks the file tuned for its prior)")
     args = ap.parse_args(argv)
     args.command = "python benchmarks/tune_baselines.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
@@ -283,12 +301,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     torch.set_num_threads(args.threads)
     if "2" in args.split.split(","):
         raise SystemExit("split 2 is the test split; tune on validation images only")
+    if args.key is not None and "test" in args.key and not args.last:
+        raise SystemExit(f"--key {args.key} holds test images; add --last so the tuning images stay disjoint from "
+                         "the first images the benchmarks score")
     res = run_tuning(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "baseline_tuning.json").write_text(json.dumps(json_safe(res), indent=1, allow_nan=False) + "\n")
-    (out / "baseline_tuning.md").write_text(markdown(res))
-    print(f"wrote {out / 'baseline_tuning.json'} and {out / 'baseline_tuning.md'} ({res['seconds'] / 60:.1f} min)")
+    json_path, md_path = out / f"{args.name}.json", out / f"{args.name}.md"
+    json_path.write_text(json.dumps(json_safe(res), indent=1, allow_nan=False) + "\n")
+    md_path.write_text(markdown(res))
+    print(f"wrote {json_path} and {md_path} ({res['seconds'] / 60:.1f} min)")
     return res
 
 

@@ -83,6 +83,23 @@ def test_tune_baselines_refuses_the_test_split(models_env, tmp_path):
                  "--out", str(tmp_path)])
 
 
+def test_tune_baselines_on_the_last_test_images_of_an_unsplit_npz(models_env, tmp_path):
+    tb = _load("tune_baselines")
+    rng = np.random.default_rng(1)
+    data = tmp_path / "c.npz"
+    np.savez(data, test_images=rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
+    common = ["--data", str(data), "--model", "tiny-32", "--key", "test_images", "--split", "none", "--n", "2",
+              "--nfe", "3", "--methods", "ddnm", "--tasks", "sr4", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match="--last"):
+        tb.main(common)  # test images without --last: the benchmarks' first images would leak
+    res = tb.main(common + ["--last", "--name", "tuning_c"])
+    assert res["data"]["images"] == "the last n images of the selection"
+    assert tb.load_tuned(tmp_path / "tuning_c.json")["ddnm"]["sr4"].keys() == {"eta"}
+    assert "the last n images" in (tmp_path / "tuning_c.md").read_text()
+    with pytest.raises(SystemExit, match="only 5 images"):
+        tb.main([a if a != "2" else "9" for a in common] + ["--last"])  # --n 9 of 5 images
+
+
 def test_cost_quick_run_and_memory_child(models_env, tmp_path, capsys):
     cost = _load("cost")
     out = tmp_path / "out"

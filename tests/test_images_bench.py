@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -366,6 +367,23 @@ def test_tuned_settings_are_used_and_recorded(models_env, tmp_path):
     assert t["sr4__ddnm__nfe3"]["psnr"] != n["sr4__ddnm__nfe3"]["psnr"]
     assert t["sr4__mpgd__nfe3"]["psnr"] == n["sr4__mpgd__nfe3"]["psnr"]  # not tuned: the registry path
     assert "tuned on validation images at NFE 100 (tuned.json;" in (tmp_path / "t.md").read_text()
+
+
+def test_default_tuned_file_is_the_one_tuned_for_this_prior(tmp_path, monkeypatch):
+    def write(name: str, sha: str, eta: float) -> None:
+        (tmp_path / name).write_text(json.dumps({"tuned": {"ddnm": {"sr4": {"eta": eta}}}, "model": {"sha256": sha}}))
+
+    write("baseline_tuning.json", "faces", 0.25)
+    write("baseline_tuning_cifar.json", "cifar", 0.5)
+    monkeypatch.setattr(ib, "DEFAULT_TUNED", tmp_path / "baseline_tuning.json")
+    cfg = SimpleNamespace(tuned=None)  # load_tuned reads only cfg.tuned
+    for sha, eta in (("faces", 0.25), ("cifar", 0.5)):
+        notices: list[str] = []
+        tuned, path = ib.load_tuned(cfg, sha, notices)
+        assert tuned == {"ddnm": {"sr4": {"eta": eta}}} and notices == []
+    notices = []
+    assert ib.load_tuned(cfg, "other", notices) == ({}, None)
+    assert len(notices) == 1 and "registry defaults" in notices[0]
 
 
 def test_sweep_without_matplotlib_says_how_to_get_the_plots(models_env, tmp_path, monkeypatch, capsys):

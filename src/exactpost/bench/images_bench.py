@@ -9,8 +9,8 @@ so every method sees the same y, and the numbers are comparable with the model-q
 Then for every cell (task, method, NFE budget) the N images are restored in batches of
 ``--batch`` by :func:`exactpost.restore.restore_measurement` (``eps``: the EPS network, the
 1-NFE posterior mean and EDM Heun from it; ``palette``: the Palette network; every zero-shot
-baseline on the prior network, with the step sizes tuned on validation images,
-``benchmarks/results/baseline_tuning.json``, when that file was tuned for this prior), K =
+baseline on the prior network, with the step sizes tuned on validation images, the
+``benchmarks/results/baseline_tuning*.json`` tuned for this prior when there is one), K =
 ``--samples`` posterior samples per image. Default budgets (the paper's protocol): EPS at 20
 NFE, every other method at 100, DPS also at 250; ``--nfe 5,10,20`` runs every method at
 every listed budget; ``--sweep`` runs 5,10,20,50,100 for every method on inpaint-random and
@@ -149,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows of the .npz's 'split' array to use (default 2, the test split)")
     parser.add_argument("--tuned", default=None,
                         help="baseline settings JSON of benchmarks/tune_baselines.py (default: "
-                             "benchmarks/results/baseline_tuning.json when it was tuned for this prior); "
+                             "the benchmarks/results/baseline_tuning*.json tuned for this prior); "
                              "'none': the registry defaults")
     parser.add_argument("--out", default=None,
                         help="output prefix: PREFIX.json, PREFIX.md, the cache PREFIX.cache/ "
@@ -392,27 +392,40 @@ def load_test_images(cfg: BenchConfig, family: str, root: Path, prior_card: dict
     return imgs, info
 
 
-def load_tuned(cfg: BenchConfig, prior_sha: Optional[str], notices: list[str]) -> tuple[dict, Optional[str]]:
-    """The tuned baseline settings {method: {task: settings}} and the file they came from."""
-    if cfg.tuned is not None and cfg.tuned.lower() == "none":
-        return {}, None
-    path = Path(cfg.tuned) if cfg.tuned is not None else DEFAULT_TUNED
-    if not path.is_file():
-        if cfg.tuned is not None:
-            raise ValueError(f"--tuned {cfg.tuned}: no such file")
-        return {}, None
+def _read_tuned(path: Path) -> tuple[dict, Optional[str]]:
+    """({method: {task: settings}}, the sha256 of the prior it was tuned for) of a tuning JSON."""
     try:
         data = json.loads(path.read_text())
         tuned = {m: {t: dict(s) for t, s in per.items()} for m, per in data["tuned"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"--tuned {path}: not a baseline_tuning.json ({exc.__class__.__name__})") from None
-    tuned_for = (data.get("model") or {}).get("sha256")
-    if tuned_for != prior_sha:
-        if cfg.tuned is None:
-            notices.append(f"{path.name} was tuned for another prior; the baselines use the registry defaults")
-            return {}, None
-        notices.append(f"{path.name} was tuned for another prior (sha256 {str(tuned_for)[:12]}); used as given")
-    return tuned, str(path)
+    return tuned, (data.get("model") or {}).get("sha256")
+
+
+def load_tuned(cfg: BenchConfig, prior_sha: Optional[str], notices: list[str]) -> tuple[dict, Optional[str]]:
+    """The tuned baseline settings {method: {task: settings}} and the file they came from.
+
+    Without ``--tuned``: the first ``benchmarks/results/baseline_tuning*.json`` tuned for this
+    prior (same weights sha256), else the registry defaults (with a notice)."""
+    if cfg.tuned is not None and cfg.tuned.lower() == "none":
+        return {}, None
+    if cfg.tuned is not None:
+        path = Path(cfg.tuned)
+        if not path.is_file():
+            raise ValueError(f"--tuned {cfg.tuned}: no such file")
+        tuned, tuned_for = _read_tuned(path)
+        if tuned_for != prior_sha:
+            notices.append(f"{path.name} was tuned for another prior (sha256 {str(tuned_for)[:12]}); used as given")
+        return tuned, str(path)
+    candidates = sorted(DEFAULT_TUNED.parent.glob(DEFAULT_TUNED.stem + "*.json"))
+    for path in candidates:
+        tuned, tuned_for = _read_tuned(path)
+        if tuned_for == prior_sha:
+            return tuned, str(path)
+    if candidates:
+        notices.append(f"no {DEFAULT_TUNED.stem}*.json was tuned for this prior; the baselines use the registry "
+                       "defaults (tune them: benchmarks/tune_baselines.py)")
+    return {}, None
 
 
 def _freeze(net: torch.nn.Module) -> torch.nn.Module:
