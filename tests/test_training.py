@@ -245,6 +245,47 @@ def test_init_from_refuses_conditional_and_wrong_size_models(data, tmp_path):
         build_model(cfg32, cfg32.objective_spec(), torch.Generator())
 
 
+# --- SIGTERM: a clean stop that saves, then resume ------------------------------------------
+def test_sigterm_saves_the_current_step_and_resume_gives_the_uninterrupted_weights(data, tmp_path):
+    """``kill`` (SIGTERM) mid-run: the step in progress ends, the state is saved at that step
+    (no periodic checkpoint has been written: --checkpoint-every exceeds the run), the CLI
+    exits 143 with one line, and the rerun ends with the uninterrupted run's weights."""
+    steps = 40
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    uninterrupted = subprocess.Popen(_cli_command(_train_args(data, full, steps=steps, checkpoint_every=1000)),
+                                     env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = _train_args(data, stopped, steps=steps, checkpoint_every=1000)
+    victim = subprocess.Popen(_cli_command(args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not (stopped / "metrics.jsonl").exists() or len(_logged_steps(stopped)) < 2:
+            assert victim.poll() is None, f"the run ended (rc {victim.returncode}) before it could be stopped"
+            assert time.monotonic() < deadline, "no second logged step within 300 s"
+            time.sleep(0.002)
+        logged_at_signal = _logged_steps(stopped)[-1]
+        victim.send_signal(signal.SIGTERM)
+        _, err = victim.communicate(timeout=120)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert victim.returncode == 128 + signal.SIGTERM, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stopped by SIGTERM at step" in lines[0] and "rerun the same command" in lines[0]
+    at_stop = _state_step(stopped)
+    assert logged_at_signal <= at_stop < steps and f"at step {at_stop} of {steps}" in lines[0]
+    assert _logged_steps(stopped)[-1] == at_stop  # nothing trained after the saved step
+
+    resumed = _run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    _, err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, err
+    a, b = _weights(full), _weights(stopped)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert set(a) == set(b) and not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
 # --- SIGKILL + resume ---------------------------------------------------------------------
 def test_sigkill_and_resume_give_the_uninterrupted_weights(data, tmp_path):
     """``exactpost train`` killed with SIGKILL after its state was written at least twice,

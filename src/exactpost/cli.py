@@ -16,6 +16,7 @@ from typing import Sequence
 
 from .training.checkpoint import CheckpointError
 from .training.data import DataError
+from .training.stop import TrainingStopped
 
 #: TrainConfig fields settable by flags: flag -> (field, parser)
 def _floats_or_range(text: str):
@@ -283,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         print(f"exactpost: error: {msg}", file=sys.stderr)
         return 2
+    except TrainingStopped as exc:
+        print(f"exactpost: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("exactpost: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -9,7 +9,8 @@ the resumable training state (``state.safetensors`` + ``state.json``) and the ex
 Resume: ``train(config)`` on a run directory that holds a state continues from it, restoring
 model, EMA, optimiser, step, images seen, the data order and every generator, so a run
 killed at any moment and resumed ends with the same weights as an uninterrupted one (CPU,
-same threads).
+same threads). SIGTERM or Ctrl-C stops it cleanly: the current step ends, the state is saved
+and :class:`~exactpost.training.stop.TrainingStopped` is raised (see that module).
 
 Distributed: when launched by ``accelerate launch`` or ``torchrun`` (``WORLD_SIZE`` > 1 in the
 environment) it joins a torch.distributed process group (gloo on CPU, nccl on GPU), wraps
@@ -28,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ from ..tasks import make_operator, simulate, task_names
 from .checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
 from .data import BatchStream, load_images, to_float
 from .objectives import NoiseLevels, Objective, conditioning, loss_on_batch, make_batch
+from .stop import StopRequests, TrainingStopped
 
 
 @dataclass
@@ -280,7 +283,8 @@ def train(cfg: TrainConfig) -> dict:
             # (torch seeds it randomly per process), so a run -- and the comparison of a resumed
             # run with an uninterrupted one -- would not be reproducible for dropout > 0
             torch.manual_seed(cfg.seed + 3 + 1000 * rank)
-            result = _train(cfg, rank, world)
+            with StopRequests() as stop:
+                result = _train(cfg, rank, world, stop)
     except BaseException:
         if created:  # no barrier: the other ranks may be blocked in a collective
             torch.distributed.destroy_process_group()
@@ -293,7 +297,18 @@ def train(cfg: TrainConfig) -> dict:
     return result
 
 
-def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
+def _stop_now(stop: StopRequests, world: int) -> bool:
+    """Whether any process was asked to stop (all processes must leave at the same step)."""
+    if world == 1:
+        return stop.requested
+    flag = torch.tensor([1.0 if stop.requested else 0.0])
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item() > 0 and stop.signum is None:
+        stop.signum = int(signal.SIGTERM)  # another process was signalled
+    return flag.item() > 0
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests) -> dict:
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     objective = cfg.objective_spec()
@@ -398,8 +413,17 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
                     log.write(json.dumps({"eval": metrics}) + "\n")
                     log.flush()
                     model.train()
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            saved = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            if saved:
                 save_state()
+            if _stop_now(stop, world):
+                if not saved:
+                    save_state()
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                raise TrainingStopped(f"stopped by {stop.name} at step {step} of {cfg.steps}; state saved in "
+                                      f"{state_path}; rerun the same command to resume", stop.signum)
     finally:
         if bar is not None:
             bar.close()
