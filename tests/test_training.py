@@ -370,18 +370,31 @@ def test_resuming_with_another_objective_of_the_same_shape_is_refused(data, tmp_
 
 
 # --- two processes through torch.distributed ------------------------------------------------
-def test_two_process_training_matches_one_process(data, tmp_path):
-    """``python -m torch.distributed.run --nproc_per_node 2 -m exactpost.cli train`` (gloo,
-    WORLD_SIZE set by the launcher, as with ``accelerate launch``) on a global batch of 8
-    reaches the single-process weights up to the all-reduce's floating-point order
-    (measured max |diff| ~3e-6 after 4 steps, against weight changes ~4e-3), and logs the
-    global-batch loss."""
+def _launcher(name: str) -> list[str]:
+    """A two-process launch command on this machine (gloo: no GPU is made visible)."""
+    if name == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    pytest.importorskip("accelerate", reason="accelerate is in the test extra: pip install -e '.[test]'")
+    # --multi_gpu is accelerate's torchrun path; its --cpu path launches one process unless
+    # MPI is configured. With no visible GPU the processes join a gloo group on the CPU.
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_process_training_matches_one_process(data, tmp_path, launcher):
+    """``python -m torch.distributed.run --nproc_per_node 2 -m exactpost.cli train`` and
+    ``accelerate launch --multi_gpu --num_processes 2 -m exactpost.cli train`` (gloo, WORLD_SIZE
+    set by the launcher) on a global batch of 8 reach the single-process weights up to the
+    all-reduce's floating-point order (measured max |diff| ~3e-6 after 4 steps, against weight
+    changes ~4e-3), and log the global-batch loss."""
     steps = 4
     single, dist = tmp_path / "single", tmp_path / "dist"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-                "-m", "exactpost.cli", *_train_args(data, dist, steps=steps, checkpoint_every=2)]
-    two = subprocess.Popen(launcher, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [*_launcher(launcher), "-m", "exactpost.cli", *_train_args(data, dist, steps=steps, checkpoint_every=2)]
+    env = dict(_env(), CUDA_VISIBLE_DEVICES="")
+    two = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     one = _run_cli(_train_args(data, single, steps=steps, checkpoint_every=2))
     out, _ = two.communicate(timeout=300)
     assert one.returncode == 0, one.stderr
