@@ -54,6 +54,13 @@ class GaussianMixture:
         self.covs = 0.5 * (covs + covs.transpose(-1, -2))
         #: all components share one covariance (enables one factorisation instead of K)
         self.shared_cov = bool(torch.allclose(self.covs, self.covs[:1].expand_as(self.covs)))
+        #: c > 0 when every covariance is c I (isotropic denoising in O(B K d), no d x d algebra), else None
+        self.iso_var: float | None = None
+        if self.shared_cov:
+            c = float(self.covs[0].diagonal().mean())
+            if c > 0 and torch.allclose(self.covs, c * torch.eye(d, dtype=torch.float64).expand(K, d, d),
+                                        rtol=0, atol=1e-12 * c):
+                self.iso_var = c
         self._factor: torch.Tensor | None = None
 
     @property
@@ -112,23 +119,46 @@ class GaussianMixture:
     def _denoise_shared(self, z: torch.Tensor, Sigma: torch.Tensor) -> torch.Tensor:
         """All C_k = C: with S = C + Sigma, the logits are m_k^T S^-1 z - m_k^T S^-1 m_k / 2
         (+ log w_k; terms common to all k dropped) and E[x0 | z] =
-        sum_k r_k (m_k - C S^-1 m_k) + C S^-1 z: O(B d^2 + B K d) instead of O(B K d^2)."""
+        sum_k r_k (m_k - C S^-1 m_k) + C S^-1 z: O(d^3 + B d^2 + B K d) instead of
+        O(B K d^2); with C = c I the products with C are scalings."""
         C = self.covs[0]
         L = torch.linalg.cholesky(C + Sigma)
         Sz = torch.cholesky_solve(z.T, L).T  # [B, d]
         Sm = torch.cholesky_solve(self.means.T, L).T  # [K, d]
+        return self._combine(z, Sz, Sm)
+
+    def _combine(self, z: torch.Tensor, Sz: torch.Tensor, Sm: torch.Tensor) -> torch.Tensor:
+        """The shared-covariance posterior mean from Sz = S^-1 z [B, d] and Sm = S^-1 m_k
+        [K, d] (rows; S symmetric): sum_k r_k (m_k - C Sm_k) + C Sz, with
+        r = softmax(log w + z Sm^T - (m * Sm).sum / 2)."""
         logits = self.weights.log() + z @ Sm.T - 0.5 * (self.means * Sm).sum(-1)
         resp = torch.softmax(logits, dim=1)  # [B, K]
+        if self.iso_var is not None:
+            return resp @ (self.means - self.iso_var * Sm) + self.iso_var * Sz
+        C = self.covs[0]
         return resp @ (self.means - Sm @ C) + Sz @ C
+
+    def _denoise_isotropic(self, z: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        """All C_k = c I and Sigma = s^2 I: with v = c + s^2, p(z | k) = N(m_k, v I), so
+        r_k = softmax_k(log w_k + (m_k^T z - |m_k|^2 / 2) / v) and
+        E[x0 | z] = sum_k r_k (s^2 / v) m_k + (c / v) z. z [B, d] (float64); s2 [] or [B, 1]."""
+        c = self.iso_var
+        v = c + s2
+        logits = self.weights.log() + (z @ self.means.T - 0.5 * (self.means**2).sum(-1)) / v
+        resp = torch.softmax(logits, dim=1)
+        return (resp @ self.means) * (s2 / v) + z * (c / v)
 
     def denoise_sigma(self, z: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """E[x0 | z] for z = x0 + sigma e (variance-exploding form). ``sigma``: float or [B]."""
         sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        if sig.numel() not in (1, z.shape[0]):
+            raise ValueError(f"sigma has {sig.numel()} entries for a batch of {z.shape[0]}")
+        if self.iso_var is not None:
+            s2 = sig[0] ** 2 if sig.numel() == 1 else (sig**2).reshape(-1, 1)
+            return self._denoise_isotropic(z.to(torch.float64), s2).to(z.dtype)
         if sig.numel() == 1:
             eye = torch.eye(self.d, dtype=torch.float64)
             return self.denoise_anisotropic(z, float(sig[0]) ** 2 * eye)
-        if sig.shape[0] != z.shape[0]:
-            raise ValueError(f"sigma has {sig.shape[0]} entries for a batch of {z.shape[0]}")
         out = torch.empty_like(z)
         for value in torch.unique(sig):
             rows = sig == value
@@ -244,7 +274,8 @@ def mcgdiff_problem(d: int, dy: int, generator: torch.Generator | None = None,
 
 class GMMEPSOracle:
     """The exact EPS network for a mixture prior: net(mu, cond, sigma) = E[x0 | z = mu] with
-    z = x0 + N(0, Sigma*(sigma)), Sigma* built densely from the operator. Plug it into
+    z = x0 + N(0, Sigma*(sigma)), Sigma* built densely from the operator (or, for a prior with
+    covariances c I and a shared operator, applied through A's SVD in O(B d r)). Plug it into
     :class:`exactpost.posterior.EPSPosteriorDenoiser` in place of a trained network.
 
     Args:
@@ -259,6 +290,33 @@ class GMMEPSOracle:
             raise ValueError(f"operator acts on {tuple(op.in_shape)} ({op.in_dim} numbers) but the "
                              f"prior lives in R^{prior.d}")
         self.prior, self.op, self.sigma_y = prior, op, float(sigma_y)
+        #: isotropic prior and a shared operator: A's right singular vectors Vr [r, d] and
+        #: squared singular values lam [r] (Sigma* is sigma^2 I off their span)
+        self._svd: tuple[torch.Tensor, torch.Tensor] | None = None
+        if prior.iso_var is not None and op.batch_size is None:
+            A = op.to_dense(torch.float64)
+            _, sv, Vr = torch.linalg.svd(A, full_matrices=False)
+            # numerically zero singular values (pinv's cut, max(m, d) eps sv_max) are exact zeros:
+            # with sigma_y = 0 a direction with lam ~ 1e-32 would otherwise count as measured
+            sv = torch.where(sv > max(A.shape) * torch.finfo(torch.float64).eps * sv.max(), sv, torch.zeros_like(sv))
+            self._svd = (Vr, sv**2)
+
+    def _denoise_lowrank(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
+        """E[x0 | z], z = x0 + N(0, Sigma*(sigma)), for C_k = c I, in O(B d r): with
+        A^T A = V diag(lam) V^T, Sigma* = (A^T A / sigma_y^2 + I / sigma^2)^-1 has eigenvalues
+        s_i = sigma^2 sigma_y^2 / (sigma^2 lam_i + sigma_y^2) on the rows of Vr and sigma^2 off
+        their span, so S = c I + Sigma* gives S^-1 u = u / (c + sigma^2) + Vr^T ((1 / (c + s_i)
+        - 1 / (c + sigma^2)) * (Vr u)). z [B, d] float64."""
+        Vr, lam = self._svd
+        c, s2, sy2 = self.prior.iso_var, sigma**2, self.sigma_y**2
+        num, den = s2 * sy2, s2 * lam + sy2
+        s_i = torch.where(den > 0, num / den.clamp(min=torch.finfo(torch.float64).tiny), torch.full_like(lam, s2))
+        gain = 1.0 / (c + s_i) - 1.0 / (c + s2)
+
+        def solve(u: torch.Tensor) -> torch.Tensor:
+            return u / (c + s2) + ((u @ Vr.T) * gain) @ Vr
+
+        return self.prior._combine(z, solve(z), solve(self.prior.means))
 
     def __call__(self, mu: torch.Tensor, cond, sigma: torch.Tensor) -> torch.Tensor:
         from .posterior import sigma_star_dense
@@ -270,6 +328,9 @@ class GMMEPSOracle:
         out = torch.empty_like(flat)
         for value in torch.unique(sig):
             rows = sig == value
+            if self._svd is not None:
+                out[rows] = self._denoise_lowrank(flat[rows].to(torch.float64), float(value)).to(out.dtype)
+                continue
             Sigma = sigma_star_dense(self.op, float(value), self.sigma_y).reshape(self.prior.d, self.prior.d)
             out[rows] = self.prior.denoise_anisotropic(flat[rows], Sigma)
         return out.reshape(mu.shape)
