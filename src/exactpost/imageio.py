@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
+
+from .atomic import write_atomic  # noqa: F401  (re-exported: callers import it from here)
 
 
 def tile(images: torch.Tensor, ncol: int | None = None, pad: int = 1) -> np.ndarray:
@@ -30,25 +30,6 @@ def tile(images: torch.Tensor, ncol: int | None = None, pad: int = 1) -> np.ndar
         r, c = divmod(i, ncol)
         canvas[r * (H + pad): r * (H + pad) + H, c * (W + pad): c * (W + pad) + W] = u8[i].permute(1, 2, 0).numpy()
     return canvas
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Create ``path`` atomically: ``write(f)`` fills a temporary file in the same folder,
-    which is flushed, fsynced and renamed over ``path`` (a crash leaves the old file)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:

@@ -44,13 +44,14 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..atomic import temp_file
 
 __all__ = [
     "CheckpointError",
@@ -113,7 +114,7 @@ def _write_all(f: Any, data: bytes) -> None:
 
 def _write_temp(directory: Path, stem: str, data: bytes) -> Path:
     """Write ``data`` to a new temporary file in ``directory`` (fsynced); returns its path."""
-    fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=directory)
+    fd, name = temp_file(directory, stem)
     try:
         with os.fdopen(fd, "wb") as f:
             _write_all(f, data)
