@@ -19,7 +19,9 @@ Parts (``--parts``, comma-separated):
 
 Measurements are drawn exactly as ``exactpost demo`` / ``model_quality.py`` draw them (seed
 per task), on the first ``--n`` test images. Writes
-``benchmarks/results/ablations_<model>.json`` and ``.md``. Example::
+``benchmarks/results/ablations_<model>.json`` and ``.md``; parts not run this time are kept
+from an existing file made with the same EPS model, images, samples, seed and sigma_y (each
+part records its own command and seconds), so the parts can be run one at a time. Example::
 
     python benchmarks/ablations.py --model faces-32 --data ../shared/data/faces64.npz \\
         --test-split 2 --n 32 --parts warmstart,extreme
@@ -143,8 +145,14 @@ def _f(v: Optional[float], digits: int = 2) -> str:
 def markdown(res: dict[str, Any]) -> str:
     lines = [f"# Ablations: {res['model']}", "",
              f"{res['n']} test images, {res['samples']} samples each, sigma_y {res['sigma_y']}, seed {res['seed']}; "
-             f"{res['hardware']}, {res['date']}, {res['seconds']:.0f} s.", "",
-             f"Command: `{res['command']}`", ""]
+             f"{res['hardware']}.", ""]
+    runs = res.get("part_runs") or {}
+    if len({r["command"] for r in runs.values()}) > 1:
+        lines += ["Commands (the parts were run separately):", ""]
+        lines += [f"- {p}: `{r['command']}` ({r['date']}, {r['seconds']:.0f} s)" for p, r in runs.items()]
+        lines.append("")
+    else:
+        lines += [f"Command: `{res['command']}` ({res['date']}, {res['seconds']:.0f} s)", ""]
     if "warmstart" in res:
         w = res["warmstart"]
         lines += ["## Warm start (sampler begun at sigma_start from the 1-NFE mean)", "",
@@ -242,10 +250,39 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             res["amortisation"] = amortisation(args, net, eps_entry.card, x0)
     res["seconds"] = time.time() - t0
     prefix = Path(args.out) if args.out else RESULTS / f"ablations_{args.model}"
+    res["part_runs"] = {part: dict(command=command, seconds=res["seconds"], date=res["date"])
+                        for part in args.parts}
+    res = merge_previous(res, prefix.with_suffix(".json"))
     save_text(prefix.with_suffix(".json"), json.dumps(res, indent=2) + "\n")
     save_text(prefix.with_suffix(".md"), markdown(res))
     print(f"wrote {prefix}.json and .md", file=sys.stderr)
     return res
+
+
+#: what two runs must share for their parts to sit in one table
+SAME_SETUP = ("model", "eps_sha256", "n", "samples", "sigma_y", "seed")
+
+
+def merge_previous(res: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``res`` plus the parts of the result file at ``path`` that ``res`` did not run, when
+    that file was made with the same setup (:data:`SAME_SETUP`); otherwise ``res`` alone."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return res
+    if not isinstance(old, dict) or any(old.get(k) != res.get(k) for k in SAME_SETUP):
+        return res
+    merged = dict(res)
+    runs = dict(old.get("part_runs") or {p: dict(command=old.get("command"), seconds=old.get("seconds"),
+                                                 date=old.get("date")) for p in PARTS if p in old})
+    for part in PARTS:
+        if part not in res and part in old:
+            merged[part] = old[part]
+        elif part not in res:
+            runs.pop(part, None)
+    runs.update(res["part_runs"])
+    merged["part_runs"] = {p: runs[p] for p in PARTS if p in runs}
+    return merged
 
 
 def main() -> None:

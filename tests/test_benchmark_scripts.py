@@ -76,6 +76,26 @@ def test_tune_baselines_writes_and_loads_tuned_settings(models_env, tmp_path):
     assert r.settings["scale"] == tuned["mpgd"]["sr4"]["scale"]
 
 
+def test_ablation_parts_run_separately_share_one_table_only_for_the_same_setup(models_env, tmp_path):
+    ab = _load("ablations")
+    data = _tiny_npz(tmp_path / "d.npz")
+    common = ["--model", "tiny-32", "--data", str(data), "--test-split", "2", "--samples", "2", "--threads", "1",
+              "--out", str(tmp_path / "ab")]
+    warm = ["--parts", "warmstart", "--warm-tasks", "sr4", "--sigma-starts", "80,1", "--nfe", "4", "--reference-nfe", "4"]
+    amort = ["--parts", "amortisation", "--single-task-model", str(models_env / "tiny-32" / "eps")]
+    first = ab.run(ab.parse_args(common + ["--n", "2"] + warm), "cmd-warm")
+    second = ab.run(ab.parse_args(common + ["--n", "2"] + amort), "cmd-amort")
+    assert second["warmstart"] == json.loads(json.dumps(first["warmstart"])) and "amortisation" in second
+    assert {p: r["command"] for p, r in second["part_runs"].items()} == {"warmstart": "cmd-warm",
+                                                                         "amortisation": "cmd-amort"}
+    md = (tmp_path / "ab.md").read_text()
+    assert "## Warm start" in md and "## Amortisation" in md and "- warmstart: `cmd-warm`" in md
+    # another image count is another setup: the old part is dropped, not mixed in
+    third = ab.run(ab.parse_args(common + ["--n", "1"] + amort), "cmd-n1")
+    assert "warmstart" not in third and list(third["part_runs"]) == ["amortisation"]
+    assert "## Warm start" not in (tmp_path / "ab.md").read_text()
+
+
 def test_tune_baselines_refuses_the_test_split(models_env, tmp_path):
     tb = _load("tune_baselines")
     with pytest.raises(SystemExit):
