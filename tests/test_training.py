@@ -245,6 +245,36 @@ def test_init_from_refuses_conditional_and_wrong_size_models(data, tmp_path):
         build_model(cfg32, cfg32.objective_spec(), torch.Generator())
 
 
+# --- devices ------------------------------------------------------------------------------------
+def test_resolve_device_picks_the_launchers_gpu_and_refuses_what_is_not_there(monkeypatch):
+    """auto -> cuda:LOCAL_RANK when CUDA is available (each process of a launcher gets its own
+    GPU), else the CPU; a CUDA request without CUDA, a GPU index past the count, or a device
+    that is not cpu/cuda is a ValueError (one line from the CLI)."""
+    from exactpost.training.loop import resolve_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    for bad, message in (("cuda", "not available"), ("cuda:0", "not available"), ("mps", "cpu or cuda"),
+                         ("gpu0", "not a device")):
+        with pytest.raises(ValueError, match=message):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0) and resolve_device("CPU") == torch.device("cpu")
+    with pytest.raises(ValueError, match="only 2 CUDA"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_one_line_error(data, tmp_path, capsys):
+    rc, err = _main(_train_args(data, tmp_path / "run", steps=1) + ["--device", "cuda"], capsys)
+    _assert_one_line_error(rc, err)
+    assert "CUDA is not available" in err and not (tmp_path / "run").exists()
+
+
 # --- SIGTERM: a clean stop that saves, then resume ------------------------------------------
 def test_sigterm_saves_the_current_step_and_resume_gives_the_uninterrupted_weights(data, tmp_path):
     """``kill`` (SIGTERM) mid-run: the step in progress ends, the state is saved at that step

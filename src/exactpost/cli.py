@@ -42,7 +42,7 @@ TRAIN_FLAGS = {
     "eval_split": _int_list, "image_size": int, "preset": str, "unet": json.loads, "init_from": str,
     "batch_size": int, "lr": float, "warmup_steps": int, "grad_clip": float, "weight_decay": float,
     "ema_halflife_kimg": float, "steps": int, "checkpoint_every": int, "eval_every": int, "eval_images": int,
-    "log_every": int, "seed": int, "threads": int,
+    "log_every": int, "seed": int, "threads": int, "device": str,
 }
 
 

@@ -83,6 +83,7 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 0
     threads: Optional[int] = None
+    device: str = "auto"  # "auto" (the process's GPU when CUDA is available, else the CPU), "cpu", "cuda[:i]"
     progress: bool = True
     command: str = ""  # the command line that launched the run (recorded in the card)
 
@@ -196,13 +197,39 @@ class EMA:
         self.module.load_state_dict(state)
 
 
-def _dist_info() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call created the process group)."""
+def resolve_device(spec: str) -> torch.device:
+    """The device a process trains on. ``"auto"``: ``cuda:LOCAL_RANK`` (the launcher's local
+    rank, 0 without one) when CUDA is available, else the CPU; ``"cpu"``; ``"cuda"`` (same
+    GPU choice as auto) or ``"cuda:i"``. A CUDA request without CUDA is a ValueError."""
+    spec = (spec or "auto").strip().lower()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if spec == "auto":
+        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"device {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"device {spec!r}: training runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} asked for but CUDA is not available here; use --device cpu (or auto)")
+    index = local if dev.index is None else dev.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return torch.device("cuda", index)
+
+
+def _dist_info(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group): nccl when training
+    on CUDA, gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     created = False
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         created = True
     if world > 1:
         return torch.distributed.get_rank(), torch.distributed.get_world_size(), created
@@ -260,9 +287,16 @@ def evaluate(model: EDMPrecond, objective: Objective, images: torch.Tensor, seed
     return out
 
 
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself on the CPU, else a CPU copy (evaluation simulates on the CPU)."""
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
 def export_model(path: Path, ema: EMA, model: EDMPrecond, card: dict) -> None:
     """Write the EMA weights with the model card (architecture under ``model``)."""
-    tensors = {f"ema.{k}": v.detach().clone().contiguous() for k, v in ema.state_dict().items()}
+    tensors = {f"ema.{k}": v.detach().cpu().clone().contiguous() for k, v in ema.state_dict().items()}
     save_checkpoint(path, tensors, {"model": model.to_dict(), **card})
 
 
@@ -275,7 +309,8 @@ def train(cfg: TrainConfig) -> dict:
     caller's global torch RNG state is put back on return."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world, created = _dist_info()
+    device = resolve_device(cfg.device)
+    rank, world, created = _dist_info(device)
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
         with torch.random.fork_rng(devices=cuda):
@@ -284,7 +319,7 @@ def train(cfg: TrainConfig) -> dict:
             # run with an uninterrupted one -- would not be reproducible for dropout > 0
             torch.manual_seed(cfg.seed + 3 + 1000 * rank)
             with StopRequests() as stop:
-                result = _train(cfg, rank, world, stop)
+                result = _train(cfg, rank, world, stop, device)
     except BaseException:
         if created:  # no barrier: the other ranks may be blocked in a collective
             torch.distributed.destroy_process_group()
@@ -297,18 +332,18 @@ def train(cfg: TrainConfig) -> dict:
     return result
 
 
-def _stop_now(stop: StopRequests, world: int) -> bool:
+def _stop_now(stop: StopRequests, world: int, device: torch.device) -> bool:
     """Whether any process was asked to stop (all processes must leave at the same step)."""
     if world == 1:
         return stop.requested
-    flag = torch.tensor([1.0 if stop.requested else 0.0])
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=device)  # nccl reduces CUDA tensors only
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     if flag.item() > 0 and stop.signum is None:
         stop.signum = int(signal.SIGTERM)  # another process was signalled
     return flag.item() > 0
 
 
-def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests) -> dict:
+def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: torch.device) -> dict:
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     objective = cfg.objective_spec()
@@ -321,6 +356,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests) -> dict:
     eval_images = _eval_images(cfg, images)
     init_gen = torch.Generator().manual_seed(cfg.seed)
     model, origin = build_model(cfg, objective, init_gen)
+    model.to(device)  # before the EMA copy and the optimiser state (loaded states follow the parameters)
     ema = EMA(model, cfg.ema_halflife_kimg, cfg.ema_rampup)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -341,7 +377,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests) -> dict:
     if rank == 0:
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
-    net = _DDPLossView(torch.nn.parallel.DistributedDataParallel(model), model) if world > 1 else model
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = _DDPLossView(ddp, model)
+    else:
+        net = model
     sched = lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))  # noqa: E731
     share = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
     card_base = dict(objective=objective.to_dict(), data=dict(path=str(cfg.data), key=cfg.data_key,
@@ -361,7 +401,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests) -> dict:
                                               "wall_time_s": round(wall, 1), "config": cfg.to_dict(),
                                               "command": cfg.command,
                                               "metrics": history[-1] if history else {},
-                                              "hardware": _hardware(world)})
+                                              "hardware": _hardware(world, device)})
 
     bar = None
     if rank == 0 and cfg.progress:
@@ -377,7 +417,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests) -> dict:
                 group["lr"] = cfg.lr * sched(step)
             x = stream.next()
             batch = make_batch(objective, x, noise_gen)
-            mine = type(batch)(*(None if v is None else v[share]
+            # operators and noise are simulated on the CPU from the run's generators (the same
+            # draws on every device and process count); the network trains on ``device``
+            mine = type(batch)(*(None if v is None else v[share].to(device, non_blocking=True)
                                  for v in (getattr(batch, f.name) for f in dataclasses.fields(batch))))
             loss = loss_on_batch(net, mine)
             opt.zero_grad(set_to_none=True)
@@ -408,7 +450,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests) -> dict:
                 if bar is not None:
                     bar.update(1)
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps) and eval_images is not None:
-                    metrics = dict(step=step, **evaluate(ema.module, objective, eval_images))
+                    metrics = dict(step=step, **evaluate(_on_cpu(ema.module), objective, eval_images))
                     history.append(metrics)
                     log.write(json.dumps({"eval": metrics}) + "\n")
                     log.flush()
@@ -416,7 +458,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests) -> dict:
             saved = step % cfg.checkpoint_every == 0 or step == cfg.steps
             if saved:
                 save_state()
-            if _stop_now(stop, world):
+            if _stop_now(stop, world, device):
                 if not saved:
                     save_state()
                 if bar is not None:
@@ -470,8 +512,8 @@ def _eval_images(cfg: TrainConfig, train_images: torch.Tensor) -> Optional[torch
     return to_float(imgs[: cfg.eval_images])
 
 
-def _hardware(world: int) -> str:
+def _hardware(world: int, device: torch.device) -> str:
     import platform
 
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     return f"{world} x {dev}, torch {torch.__version__}, {platform.machine()}"
