@@ -22,3 +22,20 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    """A models folder with untrained tiny-32 prior/eps/palette checkpoints (one per test module)."""
+    from zoo_helpers import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def models_env(tiny_root, monkeypatch):
+    """``tiny_root`` made the model zoo's folder (``EXACTPOST_MODELS``) for one test."""
+    from exactpost import zoo
+
+    monkeypatch.setenv(zoo.ENV_VAR, str(tiny_root))
+    return tiny_root

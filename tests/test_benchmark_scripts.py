@@ -17,7 +17,6 @@ from exactpost.baselines import run_method
 from exactpost.interpolants import EDM
 from exactpost.nets.precond import as_denoiser
 from exactpost.tasks import make_operator, simulate
-from zoo_helpers import make_tiny_models
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -30,17 +29,6 @@ def _load(name: str):
     sys.modules[spec.name] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return make_tiny_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture
-def models_env(tiny_root, monkeypatch):
-    monkeypatch.setenv(zoo.ENV_VAR, str(tiny_root))
-    return tiny_root
 
 
 def _tiny_npz(path: Path) -> Path:

@@ -14,17 +14,6 @@ from exactpost.tasks import task_names
 from zoo_helpers import make_tiny_models
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return make_tiny_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture
-def models_env(tiny_root, monkeypatch):
-    monkeypatch.setenv(zoo.ENV_VAR, str(tiny_root))
-    return tiny_root
-
-
 def test_demo_writes_one_panel_per_task_and_results(models_env, tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "--model", "tiny-32", "--images", "3", "--samples", "2", "--nfe", "8", "--out", str(out),

@@ -25,21 +25,9 @@ from exactpost.metrics import crps, frechet_distance, mmd2, mmd2_paired, psnr
 from exactpost.restore import method_names, restore_measurement
 from exactpost.tasks import make_operator, simulate
 from exactpost.training.data import to_float
-from zoo_helpers import make_tiny_models
 
 BASE = ["bench", "images", "--model", "tiny-32", "--data", "demo", "--images", "3", "--samples", "2", "--batch", "2",
         "--threads", "1", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return make_tiny_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture
-def models_env(tiny_root, monkeypatch):
-    monkeypatch.setenv(zoo.ENV_VAR, str(tiny_root))
-    return tiny_root
 
 
 @pytest.fixture
