@@ -2,7 +2,7 @@
 the default protocol and sweep cells, an end-to-end run whose table numbers are recomputed
 independently from the documented seeds, batch slicing of per-sample operators, resumption
 (nothing recomputed, only new cells, an interrupted cell continues from its saved batches to
-the same numbers), refusal of a changed fingerprint, bad inputs (exit 2, one line, nothing
+the same numbers), merging another process's cells, refusal of a changed fingerprint, bad inputs (exit 2, one line, nothing
 written), FD with a fake encoder (and refreshed from the cache), tuned settings, determinism
 and the sweep's plots. A few seconds in all on one thread."""
 
@@ -249,6 +249,44 @@ def test_changed_fingerprint_is_refused_unless_fresh(models_env, tmp_path, capsy
     assert len(err) == 1 and "samples" in err[0] and "--fresh" in err[0]
     assert _run(prefix, *args, "--samples", "3", "--fresh") == 0
     assert _cells(prefix)["sr4__ddnm__nfe3"]["samples"] == 3
+
+
+def test_merge_folds_in_another_processes_cells_and_refuses_other_settings(models_env, tmp_path, calls, capsys):
+    """Two shares of a run (tasks split across --out prefixes) merged into one table: nothing is
+    recomputed, every merged number and first-sample file equals the share's, and a single run
+    gives the same numbers (each cell's seed depends only on its own key)."""
+    a, b, whole = tmp_path / "a", tmp_path / "b", tmp_path / "whole"
+    methods = ("--methods", "eps,ddnm", "--nfe", "3")
+    assert _run(a, "--tasks", "sr4", *methods) == 0
+    assert _run(b, "--tasks", "inpaint-random", *methods) == 0
+    calls.clear()
+    capsys.readouterr()
+    assert _run(a, "--tasks", "sr4,inpaint-random", *methods, "--merge", str(b)) == 0
+    assert calls == []
+    assert "merged 2 finished cells" in capsys.readouterr().out
+    merged, share_b = _cells(a), _cells(b)
+    assert sorted(merged) == sorted(f"{t}__{m}__nfe3" for t in ("sr4", "inpaint-random") for m in ("eps", "ddnm"))
+    for key in share_b:
+        assert {s: merged[key][s] for s in SCORES} == {s: share_b[key][s] for s in SCORES}
+        assert (tmp_path / "a.cache" / "firsts" / f"{key}.npy").read_bytes() == \
+            (tmp_path / "b.cache" / "firsts" / f"{key}.npy").read_bytes()
+    assert "--merge" in _doc(a)["meta"]["command"]
+    assert _run(a, "--tasks", "sr4,inpaint-random", *methods, "--merge", str(b)) == 0  # again: nothing new
+    assert "merged 0 finished cells" in capsys.readouterr().out
+    assert _run(whole, "--tasks", "sr4,inpaint-random", *methods) == 0
+    assert {k: {s: v[s] for s in SCORES} for k, v in _cells(whole).items()} == \
+        {k: {s: v[s] for s in SCORES} for k, v in merged.items()}
+
+    other = tmp_path / "other"
+    assert _run(other, "--tasks", "sr4", *methods, "--samples", "3") == 0
+    capsys.readouterr()
+    before = (tmp_path / "a.cache" / "cells.jsonl").read_bytes()
+    for argv, needle in (([str(other)], "samples was 3"), ([str(tmp_path / "missing")], "no cache at"),
+                         ([str(a)], "this run's own cache")):
+        assert _run(a, "--tasks", "sr4", *methods, "--merge", *argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("exactpost: error: --merge") and needle in err[0], err
+    assert (tmp_path / "a.cache" / "cells.jsonl").read_bytes() == before
 
 
 # --- bad input ----------------------------------------------------------------------------

@@ -57,6 +57,11 @@ finished cells appended to ``PREFIX.cache/cells.jsonl`` (with the first samples 
 ``PREFIX.cache/firsts/`` so FD can be recomputed when an encoder appears), so a killed run
 continues where it stopped and adding tasks, methods or budgets computes only the new cells; a
 rerun with a different fingerprint stops with one line unless ``--fresh`` discards the cache.
+Splitting a run across processes: run each share of the tasks (or methods) with its own
+``--out``, then ``--merge OTHER_PREFIX`` (repeatable) folds the finished cells of those caches
+into this run's cache before anything is measured (their fingerprint must equal this run's; a
+cell this cache already holds keeps its own record, the bare-sampler timings included), so one
+table covers them all.
 Outputs (atomic writes): ``PREFIX.json`` (configuration, command, machine, per-cell records),
 ``PREFIX.md`` (the table, best value per task in bold) and, with ``--sweep``,
 ``PREFIX_psnr_nfe.png`` / ``PREFIX_crps_nfe.png`` (needs matplotlib: ``pip install
@@ -86,7 +91,7 @@ import torch
 from .. import zoo
 from ..imageio import save_text, write_atomic
 from .gmm_bench import derived_seed
-from .records import RecordLog, json_safe
+from .records import RecordLog, header_difference, json_safe, read_header
 
 #: bump when the protocol changes, so old caches are not mixed with new cells
 PROTOCOL_VERSION = 1
@@ -156,6 +161,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default benchmarks/results/bench_images_<family>)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard a cache made with a different fingerprint instead of stopping")
+    parser.add_argument("--merge", action="append", default=[], metavar="PREFIX",
+                        help="first fold in the finished cells of another run's cache PREFIX.cache/ made with "
+                             "the same settings (e.g. a share of the tasks run by another process); repeatable")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -191,6 +199,7 @@ class BenchConfig:
     threads: int = 0
     progress: bool = True
     methods_given: bool = False
+    merge: list[str] = field(default_factory=list)
 
     def budgets(self, method: str) -> list[int]:
         """The NFE budgets of ``method`` (ascending)."""
@@ -221,6 +230,8 @@ class BenchConfig:
         if self.tuned is not None:
             parts += ["--tuned", self.tuned]
         parts += ["--out", self.out]
+        for other in self.merge:
+            parts += ["--merge", other]
         if self.threads:
             parts += ["--threads", str(self.threads)]
         return " ".join(shlex.quote(p) for p in parts)
@@ -250,7 +261,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                       images=args.images, samples=args.samples, batch=args.batch, seed=args.seed,
                       sigma_y=float(args.sigma_y), data=args.data, test_key=args.test_key,
                       test_split=args.test_split, tuned=args.tuned, fresh=bool(args.fresh), threads=args.threads,
-                      progress=not args.no_progress, methods_given=args.methods is not None)
+                      progress=not args.no_progress, methods_given=args.methods is not None,
+                      merge=list(getattr(args, "merge", None) or []))
     for m in methods:
         low = min(cfg.budgets(m))
         need = MIN_NFE.get(m, 2)
@@ -267,6 +279,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     cfg.out = args.out or str(Path("benchmarks") / "results" / f"bench_images_{Path(cfg.model).name}")
+    for other in cfg.merge:
+        if not (Path(other + ".cache") / "cells.jsonl").is_file():
+            raise ValueError(f"--merge {other}: no cache at {other}.cache/cells.jsonl; give the --out prefix of "
+                             f"the run to fold in")
+        if Path(other + ".cache").resolve() == Path(cfg.out + ".cache").resolve():
+            raise ValueError(f"--merge {other}: that is this run's own cache (--out); give another run's prefix")
     return cfg
 
 
@@ -716,6 +734,28 @@ class Cache:
         path = self.firsts_path(key)
         return torch.from_numpy(np.load(path, allow_pickle=False)) if path.is_file() else None
 
+    def merge_from(self, prefix: str) -> int:
+        """Fold in the finished cells of ``prefix.cache/`` (same header, else ValueError naming
+        what differs); keys this cache holds keep their own records. Returns how many came in."""
+        src_dir = Path(prefix + ".cache")
+        old = read_header(src_dir)
+        if old != self.log.header:
+            raise ValueError(f"--merge {prefix}: its cells were measured with other settings "
+                             f"({header_difference(old, self.log.header)}); merge only runs of the same models, "
+                             f"images, samples, batch, seed and sigma_y")
+        other = RecordLog(src_dir, self.log.header["header"], fresh=False)
+        added = 0
+        for key, rec in other.records.items():
+            if key in self.records:
+                continue
+            src = src_dir / "firsts" / f"{key}.npy"
+            if src.is_file():
+                data = src.read_bytes()
+                write_atomic(self.firsts_path(key), lambda f: f.write(data))
+            self.add(rec)
+            added += 1
+        return added
+
     def add(self, rec: dict[str, Any], firsts: Optional[torch.Tensor] = None) -> None:
         if firsts is not None:
             arr = firsts.detach().float().numpy()
@@ -910,6 +950,8 @@ def run_config(cfg: BenchConfig) -> int:
     for n in setup.notices:
         print(f"notice: {n}")
     cache = Cache(cfg.out, setup.fingerprint(), cfg.fresh)
+    for other in cfg.merge:
+        print(f"merged {cache.merge_from(other)} finished cells from {other}.cache")
     cells = cells_of(cfg, setup.methods)
     pending = [c for c in cells if c.key not in cache.records]
     budgets = sorted({c.nfe for c in cells})

@@ -31,6 +31,24 @@ def json_safe(x: Any) -> Any:
     return x
 
 
+def header_difference(old: Any, new: dict[str, Any]) -> str:
+    """What differs between a log's first line ``old`` and the header line ``new``, as
+    "name was <old value>, ..." ("another format" when ``old`` is not a header line)."""
+    was = old.get("header") if isinstance(old, dict) else None
+    was = was if isinstance(was, dict) else {}
+    diff = [f"{k} was {was.get(k)}" for k, v in new["header"].items() if was.get(k) != v]
+    return ", ".join(diff) or "another format"
+
+
+def read_header(directory: Path) -> Any:
+    """The parsed first line of ``directory/cells.jsonl`` (None when missing or unreadable)."""
+    try:
+        with open(Path(directory) / "cells.jsonl", encoding="utf-8") as f:
+            return json.loads(f.readline())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 class RecordLog:
     """``directory/cells.jsonl`` (module docstring); ``records`` maps key -> record."""
 
@@ -48,11 +66,8 @@ class RecordLog:
                 old = None
             if old != self.header:
                 if not fresh:
-                    was = old.get("header") if isinstance(old, dict) else None
-                    was = was if isinstance(was, dict) else {}
-                    diff = [f"{k} was {was.get(k)}" for k, v in self.header["header"].items() if was.get(k) != v]
                     raise ValueError(f"{self.path} holds cells measured with other settings "
-                                     f"({', '.join(diff) or 'another format'}); rerun with those, another --out, "
+                                     f"({header_difference(old, self.header)}); rerun with those, another --out, "
                                      f"or --fresh to discard them")
                 on_clear()
                 self.path.unlink()
