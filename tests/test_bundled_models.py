@@ -62,3 +62,36 @@ def test_each_family_ships_a_feature_encoder_better_than_chance(name):
     m, classes = enc.card["metrics"], len(enc.card["classes"])
     assert m["eval_images"] >= 500 and m["eval_accuracy"] > 3.0 / classes  # held-out, far above chance
     assert enc.features(torch.zeros(2, 3, 32, 32)).shape == (2, enc.feature_dim)
+
+
+REFERENCE = Path(__file__).resolve().parent / "data" / "bundled_reference_means.npz"
+
+
+def _reference_keys() -> list[str]:
+    import numpy as np
+
+    with np.load(REFERENCE, allow_pickle=False) as z:
+        return sorted(k for k in z.files if not k.endswith("/sha256"))
+
+
+@pytest.mark.parametrize("key", _reference_keys())
+def test_bundled_model_restores_as_before_the_conditioning_refactor(key):
+    """The 1-NFE means of the bundled EPS/Palette models on a fixed input equal those the code
+    before the x_reg refactor computed (scripts/bundled_reference_means.py, run at d57edbe):
+    the old conditioning kinds and task ids restore exactly as before. A model re-bundled since
+    (other weights) is skipped by name, visibly."""
+    import importlib.util
+
+    import numpy as np
+
+    fam, kind, task = key.split("/")
+    with np.load(REFERENCE, allow_pickle=False) as z:
+        want, sha = z[key], str(z[f"{fam}/{kind}/sha256"])
+    entry = next(e for e in ENTRIES if e.name == fam and e.kind == kind)
+    if entry.card["sha256"] != sha:
+        pytest.skip(f"{fam}/{kind} was re-bundled after the reference was written")
+    spec = importlib.util.spec_from_file_location("bundled_ref", ROOT.parent / "scripts" / "bundled_reference_means.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    got = mod.reference_means(families=(fam,), kinds=(kind,), tasks=(task,))[key]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

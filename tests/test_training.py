@@ -173,7 +173,8 @@ def _trained_looking_prior(data: Path, path: Path) -> tuple[Path, torch.nn.Modul
 
 
 @pytest.mark.parametrize("objective,conditioning", [("eps", "pivot"), ("eps", "pivot+aty"),
-                                                    ("eps", "pivot+aty+mask"), ("palette", "xt+aty+mask")])
+                                                    ("eps", "pivot+aty+mask"), ("eps", "pivot+aty+mask+xreg"),
+                                                    ("palette", "xt+aty+mask"), ("palette", "xt+aty+mask+xreg")])
 def test_finetuning_starts_exactly_at_the_prior(data, tmp_path, objective, conditioning):
     """``init_from`` a prior: at step 0 the conditional network's output equals the prior's
     bit for bit, whatever the conditioning channels, task id and sigma_y; and the new inputs
@@ -184,8 +185,9 @@ def test_finetuning_starts_exactly_at_the_prior(data, tmp_path, objective, condi
     spec = cfg.objective_spec()
     net, origin = build_model(cfg, spec, torch.Generator().manual_seed(1))
     net.eval()
-    assert origin == {"init_from": str(path), "prior_card_sha256": card["sha256"]}
-    expected_channels = {"pivot": 0, "pivot+aty": 3, "pivot+aty+mask": 4, "xt+aty+mask": 4}[conditioning]
+    assert origin == {"init_from": str(path), "init_card_sha256": card["sha256"], "prior_card_sha256": card["sha256"]}
+    expected_channels = {"pivot": 0, "pivot+aty": 3, "pivot+aty+mask": 4, "pivot+aty+mask+xreg": 7,
+                         "xt+aty+mask": 4, "xt+aty+mask+xreg": 7}[conditioning]
     assert net.config.cond_channels == expected_channels
     assert net.config.num_tasks == len(task_names()) and net.config.sigma_y_embedding
 
@@ -213,8 +215,8 @@ def test_finetuning_starts_exactly_at_the_prior(data, tmp_path, objective, condi
 
 
 @pytest.mark.parametrize("objective,conditioning,channels", [
-    ("prior", None, 0), ("eps", None, 4), ("eps", "pivot", 0), ("eps", "pivot+aty", 3),
-    ("palette", None, 4)])
+    ("prior", None, 0), ("eps", None, 7), ("eps", "pivot", 0), ("eps", "pivot+aty", 3),
+    ("eps", "pivot+aty+mask", 4), ("palette", None, 7), ("palette", "xt+aty+mask", 4)])
 def test_fresh_networks_have_the_objectives_inputs(data, objective, conditioning, channels):
     """From scratch: EPS and Palette networks get the conditioning channels, the task
     embedding (one row per registered task) and the sigma_y embedding; the prior none of
@@ -232,14 +234,54 @@ def test_fresh_networks_have_the_objectives_inputs(data, objective, conditioning
     assert torch.isfinite(loss_on_batch(net, batch))
 
 
+def _export_conditional(data: Path, path: Path, objective: str, conditioning: str) -> Path:
+    """A trained-looking (all weights non-zero) EPS/Palette model with a real card objective."""
+    cfg = _config(data, objective=objective, conditioning=conditioning)
+    spec = cfg.objective_spec()
+    net, _ = build_model(cfg, spec, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    export_model(path, EMA(net, 50.0, 0.05), net, {"objective": spec.to_dict()})
+    return path
+
+
+def test_an_eps_model_grows_into_the_xreg_inputs_exactly(data, tmp_path):
+    """init_from a bundled-style EPS model (pivot+aty+mask) with the x_reg kind: three zero-
+    initialised channels are appended, so at step 0 the output equals the old model's on the
+    old channels, whatever x_reg holds; the new channels are live."""
+    path = _export_conditional(data, tmp_path / "old" / "model", "eps", "pivot+aty+mask")
+    old, card = load_model(path)
+    cfg = _config(data, objective="eps", conditioning="pivot+aty+mask+xreg", init_from=str(path))
+    net, origin = build_model(cfg, cfg.objective_spec(), torch.Generator().manual_seed(1))
+    net.eval()
+    assert origin == {"init_from": str(path), "init_card_sha256": card["sha256"], "init_conditioning": "pivot+aty+mask"}
+    assert (net.config.cond_channels, old.config.cond_channels) == (7, 4)
+    g = torch.Generator().manual_seed(2)
+    B = 6
+    x, cond = torch.randn(B, 3, SIZE, SIZE, generator=g), torch.randn(B, 4, SIZE, SIZE, generator=g)
+    sigma = torch.exp(torch.linspace(np.log(0.01), np.log(80.0), B))
+    task_id, sigma_y = torch.arange(B) % 5, torch.full((B,), 0.05)
+    with torch.no_grad():
+        want = old(x, sigma, cond=cond, task_id=task_id, sigma_y=sigma_y)
+        for _ in range(2):
+            xreg = 10 * torch.randn(B, 3, SIZE, SIZE, generator=g)
+            got = net(x, sigma, cond=torch.cat([cond, xreg], 1), task_id=task_id, sigma_y=sigma_y)
+            assert torch.equal(got, want), f"max |diff| {float((got - want).abs().max())}"
+        net.unet.cond_in.weight[:, 4:].add_(0.1)
+        moved = net(x, sigma, cond=torch.cat([cond, xreg], 1), task_id=task_id, sigma_y=sigma_y)
+        assert not torch.allclose(moved, want, atol=1e-4)
+
+
 def test_init_from_refuses_conditional_and_wrong_size_models(data, tmp_path):
-    """Only an unconditional prior of the training image size can be fine-tuned."""
-    cond_cfg = _config(data, objective="eps")
-    eps_net, _ = build_model(cond_cfg, cond_cfg.objective_spec(), torch.Generator().manual_seed(0))
-    export_model(tmp_path / "eps" / "model", EMA(eps_net, 50.0, 0.05), eps_net, {})
-    with pytest.raises(ValueError, match="not an unconditional prior"):
-        build_model(_config(data, objective="eps", init_from=str(tmp_path / "eps" / "model")),
-                    cond_cfg.objective_spec(), torch.Generator())
+    """A conditional model starts only a run of its own objective whose conditioning extends
+    its own; a prior only a run of its image size."""
+    path = _export_conditional(data, tmp_path / "eps" / "model", "eps", "pivot+aty+mask+xreg")
+    for objective, conditioning in (("eps", "pivot+aty+mask"), ("palette", "xt+aty+mask+xreg")):
+        cfg = _config(data, objective=objective, conditioning=conditioning, init_from=str(path))
+        with pytest.raises(ValueError, match="same objective and a conditioning that extends it"):
+            build_model(cfg, cfg.objective_spec(), torch.Generator())
     path, _ = _trained_looking_prior(data, tmp_path / "prior" / "model")
     cfg32 = _config(data, objective="eps", init_from=str(path), image_size=32)
     with pytest.raises(ValueError, match="16x16 images but image_size is 32"):
@@ -587,3 +629,55 @@ def test_prior_then_finetune_then_sample_end_to_end(data, tmp_path, capsys):
 
     with Image.open(png) as im:
         assert im.size == (2 * SIZE + 1, 2 * SIZE + 1)  # a 2x2 grid with 1-pixel gaps
+
+
+# --- task ids and precision -----------------------------------------------------------------
+def test_a_model_trained_on_a_task_subset_restores_with_its_training_embedding(data, tmp_path):
+    """Fine-tuned on sr4 alone (registry row 2, not the card list's first position 0): the card
+    records {sr4: 2}, and restoration feeds row 2 -- the embedding training used."""
+    from exactpost.conditioning import build_conditioning
+    from exactpost.interpolants import EDM
+    from exactpost.nets import as_eps_network
+    from exactpost.posterior import EPSPosteriorDenoiser
+    from exactpost.restoration import eps_restore
+    from exactpost.tasks import make_operator, simulate
+    from exactpost.training.loop import train
+
+    run = tmp_path / "sr4"
+    train(_config(data, run_dir=str(run), objective="eps", tasks=["sr4"], steps=2, eval_every=0, lr=1e-2))
+    net, card = load_model(run / "model")
+    assert card["objective"]["task_ids"] == {"sr4": 2}
+    with torch.no_grad():  # two steps barely move a zero-initialised output layer: make every row matter
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 3, SIZE, SIZE, generator=g) * 2 - 1
+    op = make_operator("sr4", 2, (3, SIZE, SIZE), generator=g)
+    y = simulate(op, x0, 0.05, generator=g)
+    got = eps_restore(net, card, op, y, 0.05, "sr4", n_samples=0, generator=torch.Generator().manual_seed(7)).mean
+    cond = build_conditioning(card["objective"]["conditioning"], op, y, 0.05)
+
+    def mean_with_row(row: int) -> torch.Tensor:
+        network = as_eps_network(net, torch.full((2,), row), torch.full((2,), 0.05))
+        den = EPSPosteriorDenoiser(network, op, y, 0.05, EDM(), cond=cond)
+        with torch.no_grad():
+            return den.posterior_mean(80.0, torch.Generator().manual_seed(7), torch.float32)
+
+    assert torch.equal(got, mean_with_row(2))
+    assert not torch.allclose(got, mean_with_row(0), atol=1e-6)  # row 0 (the card list's index) differs
+
+
+def test_bf16_training_keeps_float32_master_weights_and_records_its_precision(data, tmp_path):
+    from exactpost.training.loop import train
+    from exactpost.training.precision import resolve_precision
+
+    run = tmp_path / "bf16"
+    train(_config(data, run_dir=str(run), objective="eps", steps=2, eval_every=0, precision="bf16"))
+    net, card = load_model(run / "model")
+    assert card["precision"] == "bf16" and all(p.dtype == torch.float32 for p in net.parameters())
+    state, _ = load_checkpoint(run / "state")
+    assert all(v.dtype in (torch.float32, torch.int64, torch.uint8) for v in state.values())
+    assert resolve_precision("FP32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="not one of auto, bf16, fp32"):
+        resolve_precision("fp16", torch.device("cpu"))

@@ -153,9 +153,10 @@ def sigma_star_dense(op: LinearOperator, sigma: float, sigma_y: float,
     return 0.5 * (M + M.T)
 
 
-def default_conditioning(op: LinearOperator, y: torch.Tensor, sigma_y: torch.Tensor) -> torch.Tensor:
+def default_conditioning(op: LinearOperator, y: torch.Tensor) -> torch.Tensor:
     """The conditioning passed to an EPS network when none is given: A^T y, image-shaped
-    ([B, *in_shape]), computed once per measurement."""
+    ([B, *in_shape]), computed once per measurement. Networks trained by exactpost get
+    theirs from :func:`exactpost.conditioning.build_conditioning` (their card's kind)."""
     return op.At(y)
 
 
@@ -180,7 +181,7 @@ class EPSPosteriorDenoiser:
         self.network, self.op, self.interpolant = network, op, interpolant
         self.y = check_measurement(op, y)
         self.sigma_y = check_sigma_y(sigma_y, y.shape[0], y)
-        self.cond = default_conditioning(op, y, self.sigma_y) if cond is DEFAULT_COND else cond
+        self.cond = default_conditioning(op, y) if cond is DEFAULT_COND else cond
 
     def _check(self, x_t: torch.Tensor) -> None:
         self.op.check_x(x_t, "x_t")

@@ -29,7 +29,7 @@ from .interpolants import EDM
 from .operators.base import LinearOperator
 from .posterior import EPSPosteriorDenoiser
 from .samplers import edm_heun, heun_steps_for_nfe
-from .training.objectives import conditioning
+from .conditioning import build_conditioning, card_task_index
 
 SIGMA_MAX = 80.0
 
@@ -60,11 +60,9 @@ def _card_objective(card: dict) -> dict:
 
 
 def task_index(card: dict, task: str) -> int:
-    """The model's task-embedding index of ``task`` (ValueError if it was not trained for it)."""
-    tasks = list(_card_objective(card).get("tasks", []))
-    if task not in tasks:
-        raise ValueError(f"this model was trained for tasks {', '.join(tasks)}; {task!r} is not one of them")
-    return tasks.index(task)
+    """The task-embedding row the model was trained with for ``task`` (ValueError if it was
+    not trained for it): :func:`exactpost.conditioning.card_task_index`."""
+    return card_task_index(_card_objective(card), task)
 
 
 def _embeddings(net: torch.nn.Module, card: dict, task: str, sigma_y: float, batch: int
@@ -110,7 +108,7 @@ def _prepare(net: torch.nn.Module, card: dict, kind: str, op: LinearOperator, y:
     if nfe < minimum_nfe:
         raise ValueError(f"nfe must be >= {minimum_nfe}, got {nfe}")
     tid, syv = _embeddings(net, card, task, sigma_y, y.shape[0])
-    return tid, syv, conditioning(obj["conditioning"], op, y)
+    return tid, syv, build_conditioning(obj["conditioning"], op, y, sigma_y)
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .. import conditioning as cond_kinds
 from ..interpolants import EDM
 from ..nets import UNet, UNetConfig, count_parameters, preset
 from ..nets.precond import EDMPrecond, as_eps_network
@@ -46,7 +47,8 @@ from ..posterior import EPSPosteriorDenoiser
 from ..tasks import make_operator, simulate, task_names
 from .checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
 from .data import BatchStream, load_images, to_float
-from .objectives import NoiseLevels, Objective, conditioning, loss_on_batch, make_batch
+from .objectives import NoiseLevels, Objective, loss_on_batch, make_batch
+from .precision import autocast_for, resolve_precision
 from .stop import StopRequests, TrainingStopped
 
 
@@ -68,7 +70,7 @@ class TrainConfig:
     image_size: int = 32
     preset: str = "tiny"
     unet: dict = field(default_factory=dict)  # overrides of the preset's UNetConfig fields
-    init_from: Optional[str] = None  # a prior's model checkpoint (fine-tuning)
+    init_from: Optional[str] = None  # a prior's model checkpoint, or an EPS/Palette model to grow (fine-tuning)
     batch_size: int = 64
     lr: float = 2e-4
     warmup_steps: int = 200
@@ -84,6 +86,9 @@ class TrainConfig:
     seed: int = 0
     threads: Optional[int] = None
     device: str = "auto"  # "auto" (the process's GPU when CUDA is available, else the CPU), "cpu", "cuda[:i]"
+    precision: str = "auto"  # "bf16" (autocast, float32 master weights), "fp32", or "auto": bf16 where supported
+    snapshot_every: int = 0  # also export the EMA model every N steps to RUN_DIR/snapshots/ (0: never)
+    channels_last: bool = False  # keep the network's weights in channels_last memory format (faster convolutions on some CPUs)
     progress: bool = True
     command: str = ""  # the command line that launched the run (recorded in the card)
 
@@ -117,22 +122,38 @@ class TrainConfig:
 
 # --- model construction ---------------------------------------------------------------------
 def build_model(cfg: TrainConfig, objective: Objective, generator: torch.Generator) -> tuple[EDMPrecond, dict]:
-    """A fresh network for ``objective``, or the prior in ``init_from`` expanded with
-    zero-initialised conditioning channels, task and sigma_y embeddings (so that at step 0
-    the fine-tuned network's output equals the prior's on the same input)."""
+    """A fresh network for ``objective``, or the model in ``init_from`` grown with
+    zero-initialised inputs, so that at step 0 the fine-tuned network's output equals the
+    starting model's on the same input:
+
+    * an unconditional prior gets the conditioning channels, task and sigma_y embeddings;
+    * an EPS or Palette model of the same objective whose conditioning kind ``objective``'s
+      extends (e.g. ``pivot+aty+mask`` -> ``pivot+aty+mask+xreg``) gets the appended channels.
+    """
     conditional = objective.kind != "prior"
     extra = dict(cond_channels=objective.cond_channels, num_tasks=len(task_names()) if conditional else 0,
                  sigma_y_embedding=conditional)
     if cfg.init_from:
-        prior, card = load_model(cfg.init_from)
-        if prior.config.cond_channels or prior.config.num_tasks:
-            raise ValueError(f"init_from {cfg.init_from} is not an unconditional prior (it has conditioning inputs)")
-        if prior.config.image_size != cfg.image_size:
-            raise ValueError(f"init_from {cfg.init_from} is for {prior.config.image_size}x{prior.config.image_size} "
+        start, card = load_model(cfg.init_from)
+        if start.config.image_size != cfg.image_size:
+            raise ValueError(f"init_from {cfg.init_from} is for {start.config.image_size}x{start.config.image_size} "
                              f"images but image_size is {cfg.image_size}")
-        unet = expand_unet(prior.unet, extra_cond_channels=extra["cond_channels"], num_tasks=extra["num_tasks"],
+        origin = {"init_from": str(cfg.init_from), "init_card_sha256": card.get("sha256")}
+        if start.config.cond_channels or start.config.num_tasks:
+            old = card.get("objective") if isinstance(card.get("objective"), dict) else {}
+            old_kind = str(old.get("conditioning"))
+            if old.get("kind") != objective.kind or old_kind not in cond_kinds.KINDS \
+                    or not cond_kinds.extends(objective.conditioning, old_kind):
+                raise ValueError(f"init_from {cfg.init_from} is a {old.get('kind')} model with conditioning "
+                                 f"{old_kind}; it can start a {objective.kind} run only with the same objective and a "
+                                 f"conditioning that extends it (or give an unconditional prior)")
+            grow = objective.cond_channels - start.config.cond_channels
+            unet = expand_unet(start.unet, extra_cond_channels=grow, num_tasks=max(extra["num_tasks"],
+                               start.config.num_tasks), sigma_y_embedding=True)
+            return EDMPrecond(unet, start.sigma_data), {**origin, "init_conditioning": old_kind}
+        unet = expand_unet(start.unet, extra_cond_channels=extra["cond_channels"], num_tasks=extra["num_tasks"],
                            sigma_y_embedding=extra["sigma_y_embedding"])
-        return EDMPrecond(unet, prior.sigma_data), {"init_from": str(cfg.init_from), "prior_card_sha256": card.get("sha256")}
+        return EDMPrecond(unet, start.sigma_data), {**origin, "prior_card_sha256": card.get("sha256")}
     if not isinstance(cfg.unet, dict):
         raise ValueError(f"unet overrides must be a JSON object of UNetConfig fields, got {cfg.unet!r}")
     known = {f.name for f in dataclasses.fields(UNetConfig)}
@@ -274,7 +295,7 @@ def evaluate(model: EDMPrecond, objective: Objective, images: torch.Tensor, seed
     for task in objective.tasks:
         op = make_operator(task, len(x0), tuple(x0.shape[1:]), generator=g)
         y = simulate(op, x0, sy, generator=g)
-        cond = conditioning(objective.conditioning, op, y)
+        cond = cond_kinds.build_conditioning(objective.conditioning, op, y, sy)
         tid = torch.full((len(x0),), objective.task_index(task), dtype=torch.long)
         syv = torch.full((len(x0),), sy)
         if objective.uses_pivot:
@@ -347,6 +368,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
     objective = cfg.objective_spec()
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.snapshot_every < 0:
+        raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {cfg.snapshot_every}")
     run = Path(cfg.run_dir)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
@@ -357,6 +381,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
     init_gen = torch.Generator().manual_seed(cfg.seed)
     model, origin = build_model(cfg, objective, init_gen)
     model.to(device)  # before the EMA copy and the optimiser state (loaded states follow the parameters)
+    if cfg.channels_last:  # same values, another layout: oneDNN's faster convolution kernels
+        model.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_halflife_kimg, cfg.ema_rampup)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -386,7 +412,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
     share = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
     card_base = dict(objective=objective.to_dict(), data=dict(path=str(cfg.data), key=cfg.data_key,
                      split=cfg.data_split, images=len(images), image_size=cfg.image_size),
-                     params=count_parameters(model), **origin)
+                     params=count_parameters(model), precision=precision, channels_last=cfg.channels_last, **origin)
+
+    def model_card() -> dict:
+        return {**card_base, "steps": step, "images_seen": images_seen, "wall_time_s": round(wall, 1),
+                "config": cfg.to_dict(), "command": cfg.command, "metrics": history[-1] if history else {},
+                "hardware": _hardware(world, device)}
 
     def save_state() -> None:
         if rank != 0:
@@ -397,16 +428,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
                                           "perm": stream.perm, "pos": stream.pos})
         save_checkpoint(state_path, tensors, {"model": model.to_dict(), "config": cfg.to_dict(),
                                               "eval_history": history, **part})
-        export_model(model_path, ema, model, {**card_base, "steps": step, "images_seen": images_seen,
-                                              "wall_time_s": round(wall, 1), "config": cfg.to_dict(),
-                                              "command": cfg.command,
-                                              "metrics": history[-1] if history else {},
-                                              "hardware": _hardware(world, device)})
+        export_model(model_path, ema, model, model_card())
 
     bar = None
     if rank == 0 and cfg.progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {objective.kind}", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {objective.kind} ({precision})", unit="step", dynamic_ncols=True)
     log = (run / "metrics.jsonl").open("a") if rank == 0 else None
     model.train()
     t_last, img_last = time.perf_counter(), images_seen
@@ -421,7 +448,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
             # draws on every device and process count); the network trains on ``device``
             mine = type(batch)(*(None if v is None else v[share].to(device, non_blocking=True)
                                  for v in (getattr(batch, f.name) for f in dataclasses.fields(batch))))
-            loss = loss_on_batch(net, mine)
+            with autocast_for(precision, device):
+                loss = loss_on_batch(net, mine)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -455,6 +483,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
                     log.write(json.dumps({"eval": metrics}) + "\n")
                     log.flush()
                     model.train()
+            if rank == 0 and cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                export_model(run / "snapshots" / f"model-{step:06d}", ema, model, model_card())
             saved = step % cfg.checkpoint_every == 0 or step == cfg.steps
             if saved:
                 save_state()

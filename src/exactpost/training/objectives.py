@@ -14,14 +14,12 @@ ln sigma ~ N(-1.2, 1.2^2), except a fraction ``uniform_frac`` of each batch draw
 log-uniformly on [sigma_min, sigma_max] so that the high levels a sampler starts from (and
 where the 1-NFE posterior mean is queried) are trained too (DESIGN.md: +0.9 dB measured).
 
-Conditioning channels (computed once per measurement, at data scale, not scaled by c_in):
+Conditioning channels: :mod:`exactpost.conditioning` (one path for training and inference);
+new EPS models get ``pivot+aty+mask+xreg`` (A^T y, the certainty map and the regularised
+back-projection x_reg), new Palette models ``xt+aty+mask+xreg``.
 
-* ``pivot``           : none (the pivot, the task embedding and sigma_y only);
-* ``pivot+aty``       : A^T y (3 channels);
-* ``pivot+aty+mask``  : A^T y and the certainty map diag(A^T A) ~ mean_c A^T A 1
-  (1 channel: the inpainting mask, 1/16 for 4x SR, sum(k)^2 = 1 for blur) -- the default;
-* ``xt+aty`` / ``xt+aty+mask`` : Palette's input: x~ in place of the pivot (the default for
-  Palette is ``xt+aty+mask``, the same channels as EPS, so the two differ only in the pivot).
+Precision: the batch is simulated (operators, pivots, conditioning) in float32 whatever the
+training precision; only the network's forward/backward may run under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -32,14 +30,12 @@ from typing import Sequence
 
 import torch
 
+from .. import conditioning as conditioning_
 from ..nets.precond import EDMPrecond
-from ..operators.base import LinearOperator
 from ..posterior import pivot_from_sigma
 from ..tasks import make_operator, simulate, task_names
 
 OBJECTIVES = ("prior", "eps", "palette")
-CONDITIONINGS = {"pivot": 0, "pivot+aty": 3, "pivot+aty+mask": 4, "xt+aty": 3, "xt+aty+mask": 4}
-DEFAULT_CONDITIONING = {"prior": "pivot", "eps": "pivot+aty+mask", "palette": "xt+aty+mask"}
 
 
 @dataclass
@@ -69,7 +65,7 @@ class Objective:
         kind: ``prior``, ``eps`` or ``palette``.
         tasks: task ids drawn uniformly per sample (eps/palette).
         sigma_y: a fixed measurement noise, or (lo, hi) drawn uniformly per sample.
-        conditioning: one of :data:`CONDITIONINGS` (default per kind).
+        conditioning: a kind of :data:`exactpost.conditioning.KINDS` (default per objective).
         noise: training noise levels.
     """
 
@@ -83,15 +79,16 @@ class Objective:
         if self.kind not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.kind!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.conditioning is None:
-            self.conditioning = DEFAULT_CONDITIONING[self.kind]
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"unknown conditioning {self.conditioning!r}; choose one of {', '.join(CONDITIONINGS)}")
+            self.conditioning = conditioning_.DEFAULT_KIND[self.kind]
+        conditioning_.check_kind(self.conditioning)
+        pivots = [k for k in conditioning_.KINDS if conditioning_.uses_pivot(k)]
         if self.kind == "prior" and self.conditioning != "pivot":
             raise ValueError("the prior objective takes no conditioning")
-        if self.kind == "palette" and not self.conditioning.startswith("xt"):
-            raise ValueError("palette conditions on x_t: use conditioning 'xt+aty' or 'xt+aty+mask'")
-        if self.kind == "eps" and not self.conditioning.startswith("pivot"):
-            raise ValueError(f"eps conditions on the pivot: use one of pivot, pivot+aty, pivot+aty+mask "
+        if self.kind == "palette" and conditioning_.uses_pivot(self.conditioning):
+            xts = [k for k in conditioning_.KINDS if k not in pivots]
+            raise ValueError(f"palette conditions on x_t: use one of {', '.join(xts)}")
+        if self.kind == "eps" and not conditioning_.uses_pivot(self.conditioning):
+            raise ValueError(f"eps conditions on the pivot: use one of {', '.join(pivots)} "
                              f"(got {self.conditioning!r}; x_t inputs are the palette objective)")
         self.tasks = list(self.tasks)
         known = task_names()
@@ -111,32 +108,23 @@ class Objective:
 
     @property
     def cond_channels(self) -> int:
-        return CONDITIONINGS[self.conditioning]
+        return conditioning_.channels(self.conditioning)
 
     @property
     def uses_pivot(self) -> bool:
-        return self.conditioning.startswith("pivot")
+        return conditioning_.uses_pivot(self.conditioning)
 
     def task_index(self, task: str) -> int:
-        """The id fed to the task embedding: the position in the full registry."""
-        return task_names().index(task)
+        """The id fed to the task embedding (:func:`exactpost.conditioning.task_embedding_index`)."""
+        return conditioning_.task_embedding_index(task)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "tasks": list(self.tasks), "sigma_y": self.sigma_y,
-                "conditioning": self.conditioning, "noise": vars(self.noise)}
-
-
-def conditioning(kind: str, op: LinearOperator, y: torch.Tensor) -> torch.Tensor | None:
-    """The conditioning channels of ``kind`` (see the module docstring), [B, c, H, W]."""
-    n = CONDITIONINGS[kind]
-    if n == 0:
-        return None
-    aty = op.At(y)
-    if n == 3:
-        return aty
-    ones = torch.ones((y.shape[0],) + tuple(op.in_shape), dtype=y.dtype, device=y.device)
-    certainty = op.At(op.A(ones)).mean(1, keepdim=True)
-    return torch.cat([aty, certainty], dim=1)
+        """The card's ``objective`` entry; ``task_ids`` is what inference reads back."""
+        out = {"kind": self.kind, "tasks": list(self.tasks), "sigma_y": self.sigma_y,
+               "conditioning": self.conditioning, "noise": vars(self.noise)}
+        if self.kind != "prior":
+            out["task_ids"] = conditioning_.task_id_map(self.tasks)
+        return out
 
 
 @dataclass
@@ -175,7 +163,7 @@ def make_batch(objective: Objective, x0: torch.Tensor, generator: torch.Generato
         inp[rows] = (pivot_from_sigma(x_tilde[rows], sigma[rows], y, op, sigma_y[rows])
                      if objective.uses_pivot else x_tilde[rows])
         if cond is not None:
-            cond[rows] = conditioning(objective.conditioning, op, y)
+            cond[rows] = conditioning_.build_conditioning(objective.conditioning, op, y, sigma_y[rows])
         task_id[rows] = objective.task_index(task)
     return Batch(x0, sigma, inp, cond, task_id, sigma_y)
 
