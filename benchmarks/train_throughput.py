@@ -59,6 +59,7 @@ from exactpost.nets import count_parameters  # noqa: E402
 from exactpost.training.data import BatchStream  # noqa: E402
 from exactpost.training.loop import EMA, TrainConfig, build_model  # noqa: E402
 from exactpost.training.objectives import loss_on_batch, make_batch  # noqa: E402
+from exactpost.training.precision import autocast_for  # noqa: E402
 
 OBJECTIVES = ("prior", "eps", "palette")
 DEFAULT_CONFIGS = "tiny:32:64,tiny:64:16,small:32:64"
@@ -77,6 +78,7 @@ class Setup:
     stream: BatchStream
     noise: torch.Generator
     images_seen: int = 0
+    precision: str = "fp32"
 
     def step(self) -> tuple[float, float, float]:
         """One full training step; returns (data, make_batch, network+optimiser) seconds."""
@@ -86,7 +88,8 @@ class Setup:
         t1 = time.perf_counter()
         batch = make_batch(spec, x, self.noise)
         t2 = time.perf_counter()
-        loss = loss_on_batch(self.model, batch)
+        with autocast_for(self.precision, torch.device("cpu")):
+            loss = loss_on_batch(self.model, batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -107,15 +110,19 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return (up * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def build(objective: str, preset: str, size: int, batch: int, images: torch.Tensor, seed: int = 0) -> Setup:
-    """The objective's network, EMA, AdamW, batch stream and noise generator (train()'s defaults)."""
+def build(objective: str, preset: str, size: int, batch: int, images: torch.Tensor, seed: int = 0,
+          precision: str = "fp32", channels_last: bool = False) -> Setup:
+    """The objective's network, EMA, AdamW, batch stream and noise generator (train()'s defaults),
+    stepping in ``precision`` (fp32 or bf16 autocast) with the weights in channels_last or not."""
     cfg = TrainConfig(objective=objective, preset=preset, image_size=size, batch_size=batch, seed=seed, progress=False)
     model, _ = build_model(cfg, cfg.objective_spec(), torch.Generator().manual_seed(seed))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     model.train()
     ema = EMA(model, cfg.ema_halflife_kimg, cfg.ema_rampup)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     stream = BatchStream(images, batch, torch.Generator().manual_seed(seed + 1))
-    return Setup(objective, cfg, model, ema, opt, stream, torch.Generator().manual_seed(seed + 2))
+    return Setup(objective, cfg, model, ema, opt, stream, torch.Generator().manual_seed(seed + 2), precision=precision)
 
 
 def parse_configs(text: str) -> list[tuple[str, int, int]]:
