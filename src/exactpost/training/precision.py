@@ -2,9 +2,13 @@
 weights, EMA and optimiser state (the parameters never leave float32; autocast only casts
 the inputs of matmuls and convolutions to bf16 and their outputs back where needed).
 
-Measured on this project's CPUs (AVX-512 BF16; ``benchmarks/train_throughput.py``): a bf16
-step takes about 0.55x the float32 time. Operator solves, pivots and conditioning are
-computed outside autocast in float32 (see :mod:`exactpost.training.objectives`).
+``auto`` picks bf16 only where it is expected to be faster: CUDA GPUs with native bf16, and
+CPUs with AMX tiles. On this project's development CPUs (AVX-512 BF16 without AMX, torch
+2.13) bf16 autocast measured *no* faster than float32 (``benchmarks/train_precision.md``:
+ratio about 1.0-1.1 at one thread, and bf16 matmuls about 2x slower than float32), so
+``auto`` keeps float32 there; ``--precision bf16`` still forces it. Operator solves, pivots
+and conditioning are computed outside autocast in float32 (see
+:mod:`exactpost.training.objectives`).
 """
 
 from __future__ import annotations
@@ -17,27 +21,27 @@ import torch
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` runs bf16 matmuls natively (CUDA: compute capability >= 8.0; CPU:
-    AVX-512 BF16 or AMX through oneDNN). Elsewhere bf16 is emulated and slower than fp32."""
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast is expected to beat float32 on ``device``: a CUDA GPU with native
+    bf16 (compute capability >= 8.0), or a CPU with AMX tiles (oneDNN's bf16 matmuls).
+    AVX-512 BF16 alone was measured no faster than float32 here (module docstring)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
         amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-        return bool((check is not None and check()) or (amx is not None and amx()))
+        return bool(amx is not None and amx())
     return False
 
 
 def resolve_precision(spec: str, device: torch.device) -> str:
     """``"bf16"`` or ``"fp32"`` for a ``--precision`` value: ``auto`` picks bf16 where
-    :func:`bf16_supported`; an explicit ``bf16`` is honoured everywhere (emulated where
-    unsupported: correct, only slower)."""
+    :func:`bf16_is_fast`; an explicit ``bf16`` is honoured everywhere (correct, only slower
+    where it is not fast)."""
     spec = (spec or "auto").strip().lower()
     if spec not in PRECISIONS:
         raise ValueError(f"precision {spec!r} is not one of {', '.join(PRECISIONS)}")
     if spec == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
+        return "bf16" if bf16_is_fast(device) else "fp32"
     return spec
 
 
