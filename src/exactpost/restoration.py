@@ -51,6 +51,11 @@ class Restoration:
     method: str
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample (the shared mean included, as in ``nfe_sample``)."""
+        return self.nfe_sample
+
 
 def _card_objective(card: dict) -> dict:
     obj = card.get("objective")
