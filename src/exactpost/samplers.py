@@ -16,7 +16,11 @@ posterior), so starting from zero mean costs a start-up error that shrinks only 
   sigma grid sigma_i = (sigma_max^(1/r) + i/(N-1) (sigma_min^(1/r) - sigma_max^(1/r)))^r,
   then 0. They integrate the probability-flow ODE dx~/dsigma = (x~ - D)/sigma of
   x~ = x_t / a, so they serve every interpolant. Heun with N steps uses 2N - 1 NFE.
-  ``churn > 0`` adds EDM's stochastic churn.
+  ``churn > 0`` adds EDM's stochastic churn. Both are :func:`heun_sigmas` on that grid.
+* :func:`heun_sigmas`, :func:`dpmpp_2m`: Heun/Euler (with churn) and DPM-Solver++(2M)
+  (ODE, or SDE with ``eta > 0``) through an explicit sequence of noise levels ``sigmas``
+  (:mod:`exactpost.schedules`), for any interpolant; :mod:`exactpost.sampler_spec` names
+  configurations of them by NFE budget.
 * :func:`ddim` (eta), :func:`ddpm`: Song et al. (2021) / Ho et al. (2020), written for any
   interpolant: from t to t' < t,
   x' = a' x0_hat + sqrt(s'^2 - c^2) e_hat + c z,  e_hat = (x - a x0_hat)/s,
@@ -36,6 +40,7 @@ from typing import Callable, Sequence
 import torch
 
 from .interpolants import EDM, Interpolant, RectifiedFlow, VPLinear
+from .schedules import check_sigmas, karras_sigmas, with_zero
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -108,10 +113,7 @@ def edm_sigma_grid(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0
     """Karras et al.'s noise levels: ``steps`` values from sigma_max down to sigma_min
     (polynomial spacing with exponent rho), followed by 0. Length steps + 1."""
     _check_common(steps, sigma_min, sigma_max)
-    if steps == 1:
-        return [float(sigma_max), 0.0]
-    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return [(hi + i / (steps - 1) * (lo - hi)) ** rho for i in range(steps)] + [0.0]
+    return with_zero(karras_sigmas(steps, sigma_min, sigma_max, rho))
 
 
 def edm_sampler(
@@ -135,30 +137,77 @@ def edm_sampler(
     dtype: torch.dtype = torch.float32,
     return_trajectory: bool = False,
 ) -> SampleResult:
-    """EDM sampler (Euler or Heun, optional churn) for a denoiser of any interpolant.
+    """EDM sampler (Euler or Heun, optional churn) for a denoiser of any interpolant:
+    :func:`heun_sigmas` on :func:`edm_sigma_grid` (``steps`` levels from sigma_max to
+    sigma_min with exponent rho, then 0)."""
+    return heun_sigmas(denoiser, shape, edm_sigma_grid(steps, sigma_min, sigma_max, rho), interpolant=interpolant,
+                       heun=heun, churn=churn, churn_tmin=churn_tmin, churn_tmax=churn_tmax,
+                       churn_noise=churn_noise, generator=generator, noise=noise, init_mean=init_mean,
+                       device=device, dtype=dtype, return_trajectory=return_trajectory)
 
-    Works on x~ = x_t / a at noise level sigma and calls ``denoiser(a(t) x~, t)`` with
-    t = interpolant.t_of_sigma(sigma). With churn > 0 each step with sigma in
-    [churn_tmin, churn_tmax] first raises the noise to sigma^ = sigma (1 + gamma),
-    gamma = min(churn/steps, sqrt(2) - 1), adding sqrt(sigma^^2 - sigma^2) * churn_noise * z.
-    """
-    interp = interpolant if interpolant is not None else EDM()
-    sigmas = edm_sigma_grid(steps, sigma_min, sigma_max, rho)
-    if churn < 0:
-        raise ValueError(f"churn must be >= 0, got {churn}")
-    D = _CountingDenoiser(denoiser, return_trajectory)
+
+def _ve_denoiser(D: "_CountingDenoiser", interp: Interpolant) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """(x~, sigma) -> D(a(t) x~, t) with t = t(sigma): any interpolant's denoiser in the
+    variance-exploding coordinates x~ = x_t / a."""
 
     def denoise_ve(x_ve: torch.Tensor, sigma: float) -> torch.Tensor:
         t = float(interp.t_of_sigma(sigma))
         return D(float(interp.a(t)) * x_ve, t)
 
-    x = sigmas[0] * _initial_noise(shape, noise, generator, device, dtype)
-    x = _shift(x, init_mean, 1.0)
-    gamma_max = min(churn / steps, math.sqrt(2) - 1)
-    for i in range(steps):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    return denoise_ve
+
+
+def _start(sigmas: list[float], shape, noise, generator, device, dtype, init_mean) -> torch.Tensor:
+    """x~ at sigmas[0]: sigma_0 e (+ init_mean)."""
+    return _shift(sigmas[0] * _initial_noise(shape, noise, generator, device, dtype), init_mean, 1.0)
+
+
+def heun_sigmas(
+    denoiser: Denoiser,
+    shape: Sequence[int],
+    sigmas: Sequence[float],
+    *,
+    interpolant: Interpolant | None = None,
+    heun: bool = True,
+    churn: float = 0.0,
+    churn_tmin: float = 0.0,
+    churn_tmax: float = math.inf,
+    churn_noise: float = 1.0,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    init_mean: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    return_trajectory: bool = False,
+) -> SampleResult:
+    """Euler or Heun (Karras et al. 2022, Algorithms 1 and 2) on the probability-flow ODE
+    dx~/dsigma = (x~ - D(x~, sigma)) / sigma of x~ = x_t / a, through the levels ``sigmas``
+    (see :mod:`exactpost.schedules`), so it serves every interpolant.
+
+    Step sigma -> sigma' with d = (x~ - D(x~, sigma)) / sigma: Euler x~' = x~ + (sigma' - sigma) d;
+    Heun adds d' at the Euler point and uses (d + d') / 2, except on the step to sigma' = 0,
+    which is always the Euler step x~' = D(x~, sigma) (so "Heun with an Euler last step" is this
+    function with the schedule's last positive level where the denoised estimate is to be
+    taken). NFE for K positive levels followed by 0: 2 K - 1 (Heun), K (Euler). A schedule
+    that does not end with 0 returns x~ at its last level (the flow map, for tests).
+
+    ``churn > 0`` (EDM's stochastic churn): before each step with sigma in [churn_tmin,
+    churn_tmax], raise the noise to sigma^ = sigma (1 + gamma), gamma = min(churn / K,
+    sqrt(2) - 1), by adding sqrt(sigma^^2 - sigma^2) * churn_noise * z, z ~ N(0, I) from
+    ``generator``; then step from sigma^.
+    """
+    interp = interpolant if interpolant is not None else EDM()
+    sig = check_sigmas(sigmas)
+    if churn < 0:
+        raise ValueError(f"churn must be >= 0, got {churn}")
+    D = _CountingDenoiser(denoiser, return_trajectory)
+    denoise_ve = _ve_denoiser(D, interp)
+    x = _start(sig, shape, noise, generator, device, dtype, init_mean)
+    levels = sum(1 for s in sig if s > 0)
+    gamma = min(churn / levels, math.sqrt(2) - 1)
+    for sigma, sigma_next in zip(sig[:-1], sig[1:]):
         if churn > 0 and churn_tmin <= sigma <= churn_tmax:
-            sigma_hat = sigma * (1 + gamma_max)
+            sigma_hat = sigma * (1 + gamma)
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * churn_noise * z
             sigma = sigma_hat
@@ -168,6 +217,72 @@ def edm_sampler(
             d_next = (x_next - denoise_ve(x_next, sigma_next)) / sigma_next
             x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)
         x = x_next
+    return D.result(x)
+
+
+def dpmpp_2m(
+    denoiser: Denoiser,
+    shape: Sequence[int],
+    sigmas: Sequence[float],
+    *,
+    interpolant: Interpolant | None = None,
+    eta: float = 0.0,
+    noise_scale: float = 1.0,
+    second_order: bool = True,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    init_mean: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    return_trajectory: bool = False,
+) -> SampleResult:
+    """DPM-Solver++(2M) (Lu et al. 2022) in sigma coordinates: the multistep exponential
+    integrator of the probability-flow ODE of x~ = x_t / a in data prediction, one NFE per
+    positive level of ``sigmas``.
+
+    With lambda = -log sigma, h = log(sigma / sigma') and D_i = D(x~_i, sigma_i):
+
+        x~' = (sigma' / sigma) x~ + (1 - sigma' / sigma) D',
+        D'  = (1 + 1/(2 r)) D_i - 1/(2 r) D_{i-1},   r = h_{i-1} / h_i,
+
+    D' = D_i on the first step and on the step to sigma' = 0 (x~' = D_i); ``second_order =
+    False`` always uses D' = D_i (DPM-Solver++ 1, i.e. DDIM in sigma). The update is exact
+    when D is constant in lambda over a step and the 2M correction is second order.
+
+    ``eta > 0`` is the SDE variant (DPM-Solver++(2M) SDE, midpoint form): with
+    e = exp(-eta h),
+
+        x~' = (sigma' / sigma) e x~ + (1 - (sigma' / sigma) e) D'
+              + sigma' sqrt(1 - e^2) noise_scale z,   z ~ N(0, I) from ``generator``,
+
+    where the 2M correction of D' is (1/(2 r)) (D_i - D_{i-1}) as above (eta = 1: the
+    ancestral limit of Song et al.'s reverse SDE). A schedule that does not end with 0 returns
+    x~ at its last level.
+    """
+    interp = interpolant if interpolant is not None else EDM()
+    sig = check_sigmas(sigmas)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    D = _CountingDenoiser(denoiser, return_trajectory)
+    denoise_ve = _ve_denoiser(D, interp)
+    x = _start(sig, shape, noise, generator, device, dtype, init_mean)
+    prev, h_prev = None, None
+    for sigma, sigma_next in zip(sig[:-1], sig[1:]):
+        den = denoise_ve(x, sigma)
+        if sigma_next == 0:
+            x = den
+            break
+        h = math.log(sigma / sigma_next)
+        use = den
+        if second_order and prev is not None:
+            r = h_prev / h
+            use = den + (den - prev) / (2 * r)
+        decay = (sigma_next / sigma) * math.exp(-eta * h)
+        x = decay * x + (1 - decay) * use
+        if eta > 0:
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * noise_scale * z
+        prev, h_prev = den, h
     return D.result(x)
 
 

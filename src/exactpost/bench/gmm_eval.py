@@ -22,10 +22,11 @@ from typing import Callable
 import torch
 
 from ..gmm import GMMEPSOracle, GMMProblem
-from ..interpolants import Interpolant
+from ..interpolants import EDM, Interpolant
 from ..metrics import random_directions, sliced_wasserstein
 from ..operators import DenseOperator
 from ..posterior import EPSPosteriorDenoiser
+from ..sampler_spec import SamplerSpec
 
 #: draw(n, generator) -> [n, d] samples
 Draw = Callable[[int, torch.Generator], torch.Tensor]
@@ -53,12 +54,10 @@ def sw_to_posterior(problem: GMMProblem, draw: Draw, n: int = 2000, repeats: int
     return statistics.mean(sw), statistics.mean(floor)
 
 
-def eps_oracle_draw(problem: GMMProblem, sampler: Callable, interpolant: Interpolant, steps: int,
-                    sigma_max: float, sigma_min: float = 0.002, mean_init: bool = True,
-                    nfe_out: list | None = None) -> Draw:
-    """A draw function running ``sampler`` on the EPS posterior denoiser with the exact
-    oracle network. With ``mean_init`` the sampler starts from the 1-NFE posterior mean
-    (one extra NFE, counted). The NFE of the last draw is appended to ``nfe_out``."""
+def _oracle_draw(problem: GMMProblem, interpolant: Interpolant, sigma_max: float, mean_init: bool,
+                 nfe_out: list | None, run: Callable) -> Draw:
+    """Draw function: the EPS posterior denoiser with the exact oracle network, the 1-NFE
+    posterior mean m at sigma_max (if ``mean_init``), then ``run(den, shape, g, m)``."""
     op = DenseOperator(problem.A)
     net = GMMEPSOracle(problem.prior, op, problem.sigma_y)
 
@@ -66,13 +65,40 @@ def eps_oracle_draw(problem: GMMProblem, sampler: Callable, interpolant: Interpo
         y = problem.y.expand(n, -1)
         den = EPSPosteriorDenoiser(net, op, y, problem.sigma_y, interpolant)
         m = den.posterior_mean(sigma_max, g, torch.float64) if mean_init else None
-        out = sampler(den, (n, problem.prior.d), interpolant=interpolant, steps=steps, sigma_max=sigma_max,
-                      sigma_min=sigma_min, generator=g, dtype=torch.float64, init_mean=m)
+        out = run(den, (n, problem.prior.d), g, m)
         if nfe_out is not None:
             nfe_out.append(out.nfe + int(mean_init))
         return out.x0
 
     return draw
+
+
+def eps_oracle_draw(problem: GMMProblem, sampler: Callable, interpolant: Interpolant, steps: int,
+                    sigma_max: float, sigma_min: float = 0.002, mean_init: bool = True,
+                    nfe_out: list | None = None) -> Draw:
+    """A draw function running ``sampler`` on the EPS posterior denoiser with the exact
+    oracle network. With ``mean_init`` the sampler starts from the 1-NFE posterior mean
+    (one extra NFE, counted). The NFE of the last draw is appended to ``nfe_out``."""
+
+    def run(den, shape, g, m):
+        return sampler(den, shape, interpolant=interpolant, steps=steps, sigma_max=sigma_max,
+                       sigma_min=sigma_min, generator=g, dtype=torch.float64, init_mean=m)
+
+    return _oracle_draw(problem, interpolant, sigma_max, mean_init, nfe_out, run)
+
+
+def eps_oracle_spec_draw(problem: GMMProblem, spec: SamplerSpec, nfe: int, sigma_max: float,
+                         interpolant: Interpolant | None = None, nfe_out: list | None = None) -> Draw:
+    """A draw function for EPS with the exact oracle and the sampler ``spec`` at a total
+    budget of ``nfe``: the 1-NFE posterior mean at sigma_max, then ``spec`` with nfe - 1
+    evaluations started around that mean."""
+    interp = interpolant if interpolant is not None else EDM()
+
+    def run(den, shape, g, m):
+        return spec.run(den, shape, nfe - 1, sigma_max, interpolant=interp, generator=g, dtype=torch.float64,
+                        init_mean=m)
+
+    return _oracle_draw(problem, interp, sigma_max, True, nfe_out, run)
 
 
 def eps_oracle_sw(problems: list[GMMProblem], sampler: Callable, interpolant: Interpolant, steps: int,
