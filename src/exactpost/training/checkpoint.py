@@ -18,7 +18,9 @@ Atomicity
     files, so a crash in the microseconds between the two renames leaves new weights beside
     the old card: the digest then disagrees and :func:`load_checkpoint` refuses the pair
     loudly (it never loads a mismatched pair silently). Keep the previous checkpoint under
-    another name if that window matters.
+    another name if that window matters. A write that fails (disk full, permission lost)
+    raises :class:`~exactpost.atomic.WriteError`, an ``OSError`` whose one-line message
+    names the file and the cause; its temporary files are removed first.
 
 Training state
     :func:`pack_state` turns model, EMA, optimiser, scheduler state, step counter and RNG
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import temp_file
+from ..atomic import WriteError, fsync_dir, write_temp
 
 __all__ = [
     "CheckpointError",
@@ -106,38 +108,14 @@ def checkpoint_paths(path: PathLike) -> tuple[Path, Path]:
 
 
 def _write_all(f: Any, data: bytes) -> None:
-    """Write ``data`` to the open binary file ``f``, flush and fsync it."""
+    """Write ``data`` to the open binary file ``f`` (flushed and fsynced by the caller)."""
     f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
 
 
-def _write_temp(directory: Path, stem: str, data: bytes) -> Path:
-    """Write ``data`` to a new temporary file in ``directory`` (fsynced); returns its path."""
-    fd, name = temp_file(directory, stem)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_all(f, data)
-    except BaseException:
-        try:
-            os.unlink(name)
-        except OSError:
-            pass
-        raise
-    return Path(name)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _write_temp(directory: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` to a new fsynced temporary file in ``directory`` (see
+    :func:`exactpost.atomic.write_temp`: a failure removes it and raises WriteError)."""
+    return write_temp(directory, name, lambda f: _write_all(f, data))
 
 
 def _prepare_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -187,15 +165,25 @@ def save_checkpoint(path: PathLike, tensors: Mapping[str, torch.Tensor], card: M
         raise ValueError(f"card is not JSON-serialisable ({_one_line(e)}); store tensors in `tensors`, not in the card") from None
 
     directory = weights_path.parent
-    directory.mkdir(parents=True, exist_ok=True)
+    kept = "the previous checkpoint is unchanged" if card_path.exists() else "no checkpoint was written"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(directory, exc, kept=kept) from exc
     tmp_weights = tmp_card = None
+    target = weights_path
     try:
         tmp_weights = _write_temp(directory, weights_path.name, data)
+        target = card_path
         tmp_card = _write_temp(directory, card_path.name, text.encode("utf-8"))
+        target = weights_path
         os.replace(tmp_weights, weights_path)
         tmp_weights = None
+        target = card_path
         os.replace(tmp_card, card_path)
         tmp_card = None
+    except OSError as exc:  # disk full, permission lost, ...: one line naming the file
+        raise WriteError(getattr(exc, "path", target), exc, kept=kept) from exc
     finally:
         for tmp in (tmp_weights, tmp_card):
             if tmp is not None:
@@ -203,7 +191,7 @@ def save_checkpoint(path: PathLike, tensors: Mapping[str, torch.Tensor], card: M
                     os.unlink(tmp)
                 except OSError:
                     pass
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return weights_path.with_suffix("")
 
 
