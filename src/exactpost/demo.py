@@ -10,10 +10,10 @@ mean and of the samples, CRPS of the samples, NFE, seconds per image).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -22,6 +22,7 @@ from . import zoo
 from .imageio import save_grid
 from .imageio import save_text
 from .metrics import crps, psnr, ssim
+from .output_paths import check_output_dir
 from .restoration import Restoration, eps_restore
 from .tasks import TASKS, make_operator, simulate, task_names
 from .training.data import to_float
@@ -74,8 +75,9 @@ def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = No
         raise ValueError("need --images >= 1 and --samples >= 2 (the std and CRPS need two samples)")
     if nfe < 2:
         raise ValueError(f"--nfe must be >= 2 (1 for the mean, the rest for the sampler), got {nfe}")
-    if sigma_y < 0:
-        raise ValueError(f"--sigma-y must be >= 0, got {sigma_y}")
+    if not (math.isfinite(sigma_y) and sigma_y >= 0):
+        raise ValueError(f"--sigma-y must be a finite number >= 0, got {sigma_y}")
+    out_dir = check_output_dir(out, existing_ok=True)  # before any work: a file, a broken link, no permission
     entry = zoo.find_model(model, "eps")
     net = zoo.load(entry)
     size = net.config.image_size
@@ -86,7 +88,6 @@ def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = No
     if n_images > images.shape[0]:
         raise ValueError(f"only {images.shape[0]} demo images are bundled with {entry.name}; use --images <= that")
     x0 = images[:n_images].float()
-    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     bar = None
     if progress:

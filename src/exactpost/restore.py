@@ -15,7 +15,9 @@ nothing); images of another size are centre-cropped and resized to the model's r
 with a notice. Outputs (each written atomically): ``mean.png``, ``std.png``,
 ``sample_<i>.png``, ``samples.png`` (all samples in one row), ``measurement.png``
 (``truth.png`` when simulating) and ``restore.json`` with the settings, notices, NFE and
-timings.
+timings. They are written into a temporary folder beside ``out`` and moved into it only
+when all are written (:func:`exactpost.atomic.staged_folder`), so a disk that fills or a
+write that fails leaves ``out`` as it was and no temporary file behind.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from typing import Any, Optional
 import torch
 
 from . import zoo
+from .atomic import staged_folder
 from .demo import score
 from .imageio import save_grid, save_text
+from .memory import check_fits
 from .operators import AveragePoolSR, FFTBlur, Inpainting, LinearOperator
 from .restoration import Restoration, eps_restore, palette_restore
 from .restore_inputs import InputError, check_output_dir, read_image, read_kernel, read_lowres, read_mask
@@ -113,27 +117,31 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     else:
         op, y, notices = _operator_for_measurement(task, size, mask, kernel, image)
     assert y is not None
+    # held at once: the samples (a list and their stack) in float32, 8 bytes a value at least
+    check_fits(n_samples * 3 * size * size * 8, f"{n_samples} samples of 3x{size}x{size}",
+               "ask for fewer samples (--samples)")
     res = restore_measurement(method, net, entry.card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe,
                               generator=g)
-    # every input is valid: only now create the folder and write
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_grid(res.mean, out_dir / "mean.png", ncol=1)
-    save_grid(std_image(res.std), out_dir / "std.png", ncol=1)
-    for i in range(res.samples.shape[0]):
-        save_grid(res.samples[i], out_dir / f"sample_{i}.png", ncol=1)
-    save_grid(res.samples[:, 0], out_dir / "samples.png", ncol=res.samples.shape[0])
-    save_grid(measurement_image(op, y).clamp(-1, 1), out_dir / "measurement.png", ncol=1)
     info: dict[str, Any] = dict(
         input=str(image), task=task, mode="simulate" if simulate_input else "measurement", mask=mask, kernel=kernel,
         model=entry.name, model_kind=kind, model_sha256=entry.card.get("sha256"), method=method,
         n_samples=n_samples, nfe_requested=nfe, nfe_mean=res.nfe_mean, nfe_sample=res.nfe_sample,
         sigma_y=sigma_y, seed=seed, image_size=size, sampler=res.settings, std_white=STD_WHITE, notices=notices,
-        seconds=time.perf_counter() - t0,
     )
     if truth is not None:
-        save_grid(truth, out_dir / "truth.png", ncol=1)
         info["scores"] = score(res, truth)
-    save_text(out_dir / "restore.json", json.dumps(info, indent=2) + "\n")
+    # every input is valid: only now write, all files or none (a full disk leaves out_dir as it was)
+    with staged_folder(out_dir) as stage:
+        save_grid(res.mean, stage / "mean.png", ncol=1)
+        save_grid(std_image(res.std), stage / "std.png", ncol=1)
+        for i in range(res.samples.shape[0]):
+            save_grid(res.samples[i], stage / f"sample_{i}.png", ncol=1)
+        save_grid(res.samples[:, 0], stage / "samples.png", ncol=res.samples.shape[0])
+        save_grid(measurement_image(op, y).clamp(-1, 1), stage / "measurement.png", ncol=1)
+        if truth is not None:
+            save_grid(truth, stage / "truth.png", ncol=1)
+        info["seconds"] = time.perf_counter() - t0
+        save_text(stage / "restore.json", json.dumps(info, indent=2) + "\n")
     return info
 
 

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import output_paths
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".dat")
 
@@ -352,28 +354,14 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Check that ``path`` can be used as the output folder, without creating it.
 
     Refused with :class:`InputError`: an existing file, an existing non-empty folder
-    (unless ``overwrite=True``), a path below an existing file, or a folder whose nearest
-    existing ancestor is not writable. Returns ``Path(path)``.
+    (unless ``overwrite=True``), a dangling or looping symbolic link, a path below an
+    existing file, or a folder whose nearest existing ancestor is not writable (see
+    :func:`exactpost.output_paths.check_output_dir`). Returns ``Path(path)``.
     """
-    p = Path(path)
-    if p.exists():
-        if not p.is_dir():
-            raise InputError(f"output path {p} exists and is a file; choose a folder path")
-        if not overwrite and any(p.iterdir()):
-            raise InputError(f"output folder {p} already exists and is not empty; choose a new "
-                             f"folder or allow overwriting (--overwrite)")
-        anchor = p
-    else:
-        anchor = p.parent
-        while not anchor.exists() and anchor != anchor.parent:
-            anchor = anchor.parent
-        if not anchor.is_dir():
-            raise InputError(f"cannot create output folder {p}: {anchor} is a file; choose another "
-                             f"path")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write to output folder {p}: no write permission in {anchor}; "
-                         f"choose a folder you can write to")
-    return p
+    try:
+        return output_paths.check_output_dir(path, overwrite=overwrite)
+    except output_paths.OutputPathError as exc:
+        raise InputError(str(exc)) from None
 
 
 __all__ = [
