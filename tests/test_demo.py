@@ -61,7 +61,7 @@ def test_demo_is_reproducible_and_tasks_are_independent(models_env, tmp_path):
 @pytest.mark.parametrize("argv, needle", [
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
     (["--model", "tiny-32", "--tasks", "inpaint-everything"], "unknown task"),
-    (["--model", "tiny-32", "--samples", "1"], "--samples >= 2"),
+    (["--model", "tiny-32", "--samples", "1"], "--samples must be >= 2"),
     (["--model", "tiny-32", "--nfe", "1"], "--nfe must be >= 2"),
     (["--model", "tiny-32", "--images", "99"], "only 6 demo images"),
 ])

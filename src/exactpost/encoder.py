@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import argtypes
 from .training.checkpoint import CheckpointError, load_checkpoint, pack_state, save_checkpoint, unpack_state
 from .training.data import DataError, to_float
 
@@ -270,24 +271,30 @@ def find_encoder(family_or_path: str | Path) -> Optional[Encoder]:
 # --- command line (``exactpost train-encoder``) -----------------------------------------------
 def add_arguments(p: Any) -> None:
     """Flags of ``exactpost train-encoder`` (an argparse parser)."""
-    p.add_argument("--data", required=True, help=".npz holding images and integer labels")
-    p.add_argument("--labels", required=True, help="label array key in the .npz (e.g. train_labels, celeba_identity)")
+    p.add_argument("--data", required=True, help=".npz holding images and integer labels (required)")
+    p.add_argument("--labels", required=True, help="label array key in the .npz, e.g. train_labels or celeba_identity "
+                                                       "(required)")
     p.add_argument("--data-key", default=None, help="image array key (default: images or train_images)")
-    p.add_argument("--data-split", default=None, help="values of the .npz 'split' array to train on (comma-separated)")
-    p.add_argument("--eval-key", default=None, help="held-out image key for the reported accuracy (e.g. test_images)")
-    p.add_argument("--eval-labels", default=None, help="held-out label key (e.g. test_labels)")
-    p.add_argument("--eval-split", default=None, help="held-out 'split' values (e.g. 1 for validation)")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--channels", default="32,64,128", help="widths of the three stages")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=250)
-    p.add_argument("--name", default=None, help="encoder name shown in benchmark tables")
-    p.add_argument("--out", required=True, help="checkpoint path, e.g. models/<family>/encoder (resumes if present)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--data-split", default=None, help="values of the .npz 'split' array to train on, comma-separated "
+                                                         "(default: every image)")
+    p.add_argument("--eval-key", default=None, help="held-out image key for the reported accuracy, e.g. test_images "
+                                                        "(default: none)")
+    p.add_argument("--eval-labels", default=None, help="held-out label key, e.g. test_labels (default: none)")
+    p.add_argument("--eval-split", default=None, help="held-out 'split' values, e.g. 1 for validation (default: none)")
+    p.add_argument("--image-size", type=argtypes.int_range(8), default=32,
+                   help="side of the square images in pixels, >= 8; others are resized")
+    p.add_argument("--channels", default="32,64,128", help="comma-separated channel widths of the three stages")
+    p.add_argument("--steps", type=argtypes.int_range(1), default=2000, help="optimiser steps of the whole run, >= 1")
+    p.add_argument("--batch-size", type=argtypes.int_range(1), default=128, help="images per step, >= 1")
+    p.add_argument("--lr", type=argtypes.float_range(0.0, lo_open=True), default=2e-3, help="Adam learning rate, > 0")
+    p.add_argument("--seed", type=argtypes.seed(), default=0, help="random seed, 0..4294967295")
+    p.add_argument("--threads", type=argtypes.int_range(0), default=None,
+                   help="torch CPU threads, >= 0 (default: torch's choice)")
+    p.add_argument("--checkpoint-every", type=argtypes.int_range(1), default=250,
+                   help="save the resumable checkpoint every N steps, >= 1")
+    p.add_argument("--name", default=None, help="encoder name shown in benchmark tables (default: from --data and --labels)")
+    p.add_argument("--out", required=True, help="checkpoint path, e.g. models/<family>/encoder (resumes if present; required)")
+    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar (default: shown)")
 
 
 def _split(text: Optional[str]) -> Optional[list[int]]:

@@ -84,6 +84,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from .. import argtypes
 from .. import samplers as S
 from ..gmm import GaussianMixture, GMMProblem, mcgdiff_problem
 from ..imageio import save_text, write_atomic
@@ -128,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated dimensions d (even; default 8,80,800; 800 is slow)")
     parser.add_argument("--dys", type=_int_list, default=[1, 2, 4],
                         help="comma-separated measurement sizes dy (default 1,2,4)")
-    parser.add_argument("--problems", type=int, default=20, help="problems per setting (default 20)")
+    parser.add_argument("--problems", type=argtypes.int_range(1), default=20, help="problems per setting (default 20)")
     parser.add_argument("--nfe", type=_int_list, default=[20, 100],
                         help="comma-separated NFE budgets (default 20,100)")
     parser.add_argument("--methods", default="all",
@@ -136,27 +137,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"floor is always measured")
     parser.add_argument("--learned", action="store_true",
                         help=f"add {LEARNED}: an MLP trained per problem by the EPS objective "
-                             f"(d in {{8, 80}} only; ~20-50 s of training per problem on one CPU thread)")
-    parser.add_argument("--mlp-steps", type=int, default=3000, help="Adam steps per MLP (default 3000)")
-    parser.add_argument("--samples", type=int, default=2000,
+                             f"(d in {{8, 80}} only; ~20-50 s of training per problem on one CPU thread; default: off)")
+    parser.add_argument("--mlp-steps", type=argtypes.int_range(1), default=3000, help="Adam steps per MLP (default 3000)")
+    parser.add_argument("--samples", type=argtypes.int_range(2), default=2000,
                         help="samples per set, also the reference set size (default 2000)")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=argtypes.int_range(1), default=3,
                         help="independent sample sets per method and problem, SW and coverage averaged "
                              "(default 3; one set's SW scatters by tens of percent with well-separated modes)")
-    parser.add_argument("--projections", type=int, default=200,
+    parser.add_argument("--projections", type=argtypes.int_range(1), default=200,
                         help="random directions of the sliced Wasserstein distance (default 200)")
-    parser.add_argument("--level", type=float, default=0.9, help="credible-interval level (default 0.9)")
-    parser.add_argument("--sigma-max", type=float, default=1000.0,
+    parser.add_argument("--level", type=argtypes.float_range(0.0, 1.0, lo_open=True), default=0.9,
+                        help="credible-interval level, in (0, 1] (default 0.9)")
+    parser.add_argument("--sigma-max", type=argtypes.float_range(0.0, lo_open=True), default=1000.0,
                         help="initial noise level of every method (default 1000; the prior's scale is 16)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=argtypes.seed(), default=0, help="random seed of the problems and samplers, "
+                                                                               "0..4294967295 (default 0)")
     parser.add_argument("--out", default="gmm_bench",
                         help="output prefix: PREFIX.json, PREFIX.md and the cache PREFIX.cache/ (default gmm_bench)")
     parser.add_argument("--save-samples", default=None, metavar="PATH.npz",
-                        help="also write every sample set with the prior, A, y, sigma_y, reference and directions")
+                        help="also write every sample set with the prior, A, y, sigma_y, reference and directions "
+                             "(default: not written)")
     parser.add_argument("--fresh", action="store_true",
-                        help="discard a cache made with different options instead of stopping")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        help="discard a cache made with different options instead of stopping (default: stop)")
+    parser.add_argument("--threads", type=argtypes.int_range(0), default=0,
+                        help="torch CPU threads, >= 0 (default: 0 = torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar (default: shown)")
 
 
 # --- configuration ----------------------------------------------------------------------

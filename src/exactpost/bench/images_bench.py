@@ -88,7 +88,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .. import zoo
+from .. import argtypes, zoo
 from ..imageio import save_text, write_atomic
 from .gmm_bench import derived_seed
 from .records import RecordLog, header_difference, json_safe, read_header
@@ -139,17 +139,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"with --sweep {','.join(map(str, SWEEP_NFE))})")
     parser.add_argument("--sweep", action="store_true",
                         help="NFE sweep 5,10,20,50,100 for every method on inpaint-random and sr4, "
-                             "with PSNR/CRPS-against-NFE plots")
-    parser.add_argument("--images", type=int, default=100, help="test images (default 100)")
-    parser.add_argument("--samples", type=int, default=4, help="posterior samples per image (default 4)")
-    parser.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sigma-y", type=float, default=0.05,
+                             "with PSNR/CRPS-against-NFE plots (default: off)")
+    parser.add_argument("--images", type=argtypes.int_range(1), default=100, help="test images, >= 1 (default 100)")
+    parser.add_argument("--samples", type=argtypes.int_range(2), default=4,
+                        help="posterior samples per image, >= 2 (default 4)")
+    parser.add_argument("--batch", type=argtypes.int_range(1), default=16, help="images per batch, >= 1 (default 16)")
+    parser.add_argument("--seed", type=argtypes.seed(), default=0,
+                        help="random seed of the operators, noise and samples, 0..4294967295 (default 0)")
+    parser.add_argument("--sigma-y", type=argtypes.float_range(0.0), default=0.05,
                         help="measurement noise std on [-1, 1] images (default 0.05)")
     parser.add_argument("--data", default=None,
                         help="test images: an .npz or a folder (default: the data in the prior's card, its "
                              "test split or test_images array); 'demo': the family's bundled demo images")
-    parser.add_argument("--test-key", default=None, help="array of the .npz holding the test images")
+    parser.add_argument("--test-key", default=None,
+                        help="array of the .npz holding the test images (default: see --data)")
     parser.add_argument("--test-split", type=_int_list, default=None,
                         help="rows of the .npz's 'split' array to use (default 2, the test split)")
     parser.add_argument("--tuned", default=None,
@@ -160,12 +163,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output prefix: PREFIX.json, PREFIX.md, the cache PREFIX.cache/ "
                              "(default benchmarks/results/bench_images_<family>)")
     parser.add_argument("--fresh", action="store_true",
-                        help="discard a cache made with a different fingerprint instead of stopping")
+                        help="discard a cache made with a different fingerprint instead of stopping (default: stop)")
     parser.add_argument("--merge", action="append", default=[], metavar="PREFIX",
                         help="first fold in the finished cells of another run's cache PREFIX.cache/ made with "
-                             "the same settings (e.g. a share of the tasks run by another process); repeatable")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+                             "the same settings (e.g. a share of the tasks run by another process); repeatable (default: none)")
+    parser.add_argument("--threads", type=argtypes.int_range(0), default=0,
+                        help="torch CPU threads, >= 0 (default: 0 = torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar (default: shown)")
 
 
 # --- configuration ----------------------------------------------------------------------
