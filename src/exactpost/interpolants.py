@@ -241,6 +241,32 @@ INTERPOLANTS = {
 }
 
 
+# --- per-sample noise levels (used by the posterior and the network wrappers) ---------------
+def batch_vector(value: Time, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
+    """A float, 0-d or [B] tensor as a [B] tensor of ``like``'s dtype/device; rejects other
+    shapes (nothing is silently broadcast but a scalar) and non-finite values."""
+    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if v.dim() == 0:
+        v = v.expand(batch)
+    if v.dim() != 1 or v.shape[0] != batch:
+        raise ValueError(f"{name} must be a scalar or have shape [{batch}], got shape {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return v
+
+
+def noise_levels(interpolant: Interpolant, t: Time, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a, s, sigma = s/a) at time t, each [B] in ``like``'s dtype; requires a > 0, s > 0."""
+    tt = batch_vector(t, like.shape[0], like, "t").to(torch.float64)
+    a, s = interpolant.a(tt), interpolant.s(tt)
+    if bool((a <= 0).any()) or bool((s <= 0).any()):
+        raise ValueError(
+            f"the pivot needs a(t) > 0 and s(t) > 0; t = {t} is outside "
+            f"({interpolant.t_min}, {interpolant.t_max}) for {interpolant!r}"
+        )
+    return a.to(like.dtype), s.to(like.dtype), (s / a).to(like.dtype)
+
+
 def get_interpolant(name: str | Interpolant) -> Interpolant:
     """Look an interpolant up by name (``edm``, ``vp-linear``, ``vp-cosine``, ``flow``)."""
     if isinstance(name, Interpolant):

@@ -26,7 +26,7 @@ from typing import Any, Callable, Union
 
 import torch
 
-from .interpolants import Interpolant
+from .interpolants import Interpolant, batch_vector, noise_levels  # noqa: F401 (re-exported)
 from .operators.base import LinearOperator
 
 Scalar = Union[float, torch.Tensor]
@@ -38,19 +38,6 @@ EPSNetwork = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
 Denoiser = Callable[[torch.Tensor, Scalar], torch.Tensor]
 #: Marker for "compute the default conditioning" (None means: the network takes none).
 DEFAULT_COND: Any = object()
-
-
-def batch_vector(value: Scalar, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
-    """A float, 0-d or [B] tensor as a [B] tensor of ``like``'s dtype/device; rejects other
-    shapes (nothing is silently broadcast but a scalar) and non-finite values."""
-    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if v.dim() == 0:
-        v = v.expand(batch)
-    if v.dim() != 1 or v.shape[0] != batch:
-        raise ValueError(f"{name} must be a scalar or have shape [{batch}], got shape {tuple(v.shape)}")
-    if not bool(torch.isfinite(v).all()):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return v
 
 
 def check_sigma_y(sigma_y: Scalar, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -71,18 +58,6 @@ def check_measurement(op: LinearOperator, y: torch.Tensor) -> torch.Tensor:
 
 def _bcast(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (ndim - 1))
-
-
-def noise_levels(interpolant: Interpolant, t: Scalar, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(a, s, sigma = s/a) at time t, each [B] in ``like``'s dtype; requires a > 0, s > 0."""
-    tt = batch_vector(t, like.shape[0], like, "t").to(torch.float64)
-    a, s = interpolant.a(tt), interpolant.s(tt)
-    if bool((a <= 0).any()) or bool((s <= 0).any()):
-        raise ValueError(
-            f"the pivot needs a(t) > 0 and s(t) > 0; t = {t} is outside "
-            f"({interpolant.t_min}, {interpolant.t_max}) for {interpolant!r}"
-        )
-    return a.to(like.dtype), s.to(like.dtype), (s / a).to(like.dtype)
 
 
 def pivot_rho(sigma: torch.Tensor, sigma_y: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from ..interpolants import Interpolant
-from ..posterior import noise_levels
+from ..interpolants import Interpolant, noise_levels
 from .unet import UNet, UNetConfig
 
 __all__ = ["EDMPrecond", "edm_coefficients", "loss_weight", "as_denoiser", "as_eps_network"]
