@@ -10,9 +10,11 @@ sqrt((1 - abar_t) / abar_t) at the integer timestep t for DDPM / DDIM. So one st
     x~  = sqrt(1 + sigma^2) x_vp                  (= x0 + sigma e)
     tau = interpolant.t_of_sigma(sigma)
     x0_hat = D(a(tau) x~, tau)                    (the denoiser in place of the network)
-    sample = scheduler.step(x0_hat, t, sample)    (a copy configured with prediction_type="sample")
+    sample = scheduler.step(x0_hat, t, sample)    (a copy with prediction_type="sample")
 
-Handing the scheduler x0_hat itself (``prediction_type="sample"``) avoids any conversion.
+Handing the scheduler x0_hat itself (``prediction_type="sample"``) avoids any conversion;
+EulerAncestral, which has no sample prediction, gets e_hat = (x~ - x0_hat) / sigma with
+``prediction_type="epsilon"`` (its own x0 = x~ - sigma e_hat recovers x0_hat).
 The scheduler is copied, never modified; a learned-variance DDPM scheduler is driven with
 ``variance_type="fixed_small"`` (the variance half of a network is not used). Schedulers
 driven and tested: DDPM, DDIM (``eta`` through ``step_kwargs``), EulerDiscrete,
@@ -34,6 +36,8 @@ from .layout import BackboneError
 #: schedulers this module drives (each tested against an exact posterior)
 DRIVABLE = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
             "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+#: the ones without ``prediction_type="sample"``: handed e_hat = (x~ - x0_hat) / sigma instead
+EPSILON_ONLY = ("EulerAncestralDiscreteScheduler",)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,7 +56,7 @@ def _driving_copy(scheduler: Any) -> Any:
     name = type(scheduler).__name__
     if name not in DRIVABLE:
         raise BackboneError(f"scheduler {name} is not one exactpost drives; choose one of {', '.join(DRIVABLE)}")
-    overrides: dict[str, Any] = {"prediction_type": "sample"}
+    overrides: dict[str, Any] = {"prediction_type": "epsilon" if name in EPSILON_ONLY else "sample"}
     if str(scheduler.config.get("variance_type", "")).startswith("learned"):
         overrides["variance_type"] = "fixed_small"
     return type(scheduler).from_config(scheduler.config, **overrides)
@@ -96,5 +100,6 @@ def scheduler_sample(denoiser: Denoiser, scheduler: Any, shape: Sequence[int], *
         tau = float(interp.t_of_sigma(sigma))
         x_t = (float(interp.a(tau)) * math.sqrt(1.0 + sigma**2)) * model_input
         x0 = D(x_t.to(dtype), tau)
-        sample = sched.step(x0, t, sample, return_dict=False, **kwargs)[0].to(dtype)
+        out = x0 if sched.config.prediction_type == "sample" else (x_t / float(interp.a(tau)) - x0) / sigma
+        sample = sched.step(out, t, sample, return_dict=False, **kwargs)[0].to(dtype)
     return D.result(sample)
