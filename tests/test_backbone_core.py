@@ -140,7 +140,8 @@ def test_core_imports_without_diffusers_and_loading_says_how_to_install(tmp_path
         import importlib
         for m in ["exactpost", "exactpost.cli", "exactpost.posterior", "exactpost.samplers", "exactpost.restoration",
                   "exactpost.restore", "exactpost.zoo", "exactpost.training.loop", "exactpost.baselines",
-                  "exactpost.bench.images_bench", "exactpost.demo", "exactpost.backbones"]:
+                  "exactpost.bench.images_bench", "exactpost.demo", "exactpost.backbones",
+                  "exactpost.backbones.finetune"]:
             importlib.import_module(m)
         assert "diffusers" not in sys.modules and not ATTEMPTS, ATTEMPTS  # not even tried
         from exactpost.backbones import load_backbone, BackboneError

@@ -138,7 +138,8 @@ class DiffusersUNetDenoiser(nn.Module):
         if num_tasks and (not has_classes or cfg.class_embed_type is not None or cfg.num_class_embeds != num_tasks):
             raise BackboneError(f"num_tasks={num_tasks} needs a class embedding with {num_tasks} rows")
         if has_classes and not num_tasks and class_label is None:
-            raise BackboneError("this UNet2DModel is class-conditional: pass class_label (the class to sample)")
+            raise BackboneError("this UNet2DModel is class-conditional: pass class_label (the class to sample); exactpost "
+                                "fine-tunes unconditional models only")
         self.unet, self.schedule = unet, schedule
         self._config = BackboneConfig(_image_size(unet), c, int(cfg.in_channels) - c, int(num_tasks),
                                       prediction_type, bool(learned_variance))
