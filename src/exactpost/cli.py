@@ -350,6 +350,11 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     run = Path(cfg.run_dir)
     existed = run.exists()
     try:
+        from .backbones.layout import is_diffusers_folder  # pure Python (no diffusers import)
+
+        if cfg.init_from and is_diffusers_folder(cfg.init_from):  # a diffusers UNet2DModel folder
+            from .backbones.finetune import finetune_command
+            return finetune_command(cfg)
         metrics = train(cfg)
     except BaseException:
         if not existed and run.is_dir() and not any(run.iterdir()):  # failed before writing: leave no trace

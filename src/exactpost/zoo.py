@@ -6,6 +6,8 @@ Layout (``models/`` at the repository root, or the folder in ``$EXACTPOST_MODELS
     models/<name>/eps.safetensors     + eps.json       EPS posterior network (all five tasks)
     models/<name>/palette.safetensors + palette.json   Palette baseline (same tasks)
     models/<name>/demo_images.npz                      a few test-split images, uint8 [N, H, W, C]
+    models/<name>/<kind>/                              or a diffusers UNet2DModel folder instead
+                                                       (:mod:`exactpost.backbones`; also as a path)
 
 Each ``.json`` is the model card written by the training loop (architecture, objective,
 data, command, steps, images seen, wall time, hardware, sha256 of the weights) plus the
@@ -66,13 +68,34 @@ def _read_card(path: Path) -> dict[str, Any]:
         raise ModelNotFound(f"{path}: unreadable model card ({exc.__class__.__name__}); restore it from git") from None
 
 
+def _diffusers_folder(path: Path) -> bool:
+    from .backbones.layout import is_diffusers_folder  # pure Python: the core never imports diffusers
+
+    return is_diffusers_folder(path)
+
+
+def _diffusers_card(path: Path) -> dict[str, Any]:
+    """exactpost's card of a diffusers folder (a prior's, made on the spot, if it has none)."""
+    from .backbones.layout import BackboneError, CARD_NAME, resolve_folder
+
+    try:
+        lay = resolve_folder(path)
+    except BackboneError as exc:
+        raise ModelNotFound(str(exc)) from None
+    if lay.card is None:
+        from .backbones.diffusers_unet import file_sha256
+
+        return {"objective": {"kind": "prior"}, "source": str(path), "sha256": file_sha256(lay.weights)}
+    return _read_card(lay.root / CARD_NAME)
+
+
 def model_names(root: Path | None = None) -> list[str]:
     """Names of the bundled models (folders holding at least one checkpoint), sorted."""
     root = models_dir() if root is None else root
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and any((p / f"{k}.json").is_file() for k in KINDS))
+                  if p.is_dir() and any((p / f"{k}.json").is_file() or _diffusers_folder(p / k) for k in KINDS))
 
 
 def list_models(root: Path | None = None) -> list[ModelEntry]:
@@ -93,6 +116,8 @@ def find_model(name: str, kind: str = "eps", root: Path | None = None) -> ModelE
     root = models_dir() if root is None else root
     if kind not in KINDS:
         raise ModelNotFound(f"unknown model kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if _diffusers_folder(Path(name)):  # a user's diffusers UNet2DModel folder (exactpost.backbones)
+        return ModelEntry(Path(name).name, kind, Path(name), _diffusers_card(Path(name)))
     as_path = Path(name)
     if as_path.suffix in (".safetensors", ".json") or as_path.parent != Path("."):
         prefix = as_path.with_suffix("") if as_path.suffix in (".safetensors", ".json") else as_path
@@ -106,6 +131,8 @@ def find_model(name: str, kind: str = "eps", root: Path | None = None) -> ModelE
         raise ModelNotFound(f"unknown model {name!r}; bundled models: {', '.join(names) or 'none (models/ is missing)'}"
                             " (see `exactpost models`)")
     card = root / name / f"{kind}.json"
+    if _diffusers_folder(root / name / kind):  # models/<name>/<kind>/ holding a diffusers folder
+        return ModelEntry(name, kind, root / name / kind, _diffusers_card(root / name / kind))
     if not card.is_file():
         have = [k for k in KINDS if (root / name / f"{k}.json").is_file()]
         raise ModelNotFound(f"model {name!r} has no {kind} network (it has: {', '.join(have)})")
@@ -114,6 +141,10 @@ def find_model(name: str, kind: str = "eps", root: Path | None = None) -> ModelE
 
 def load(entry: ModelEntry) -> torch.nn.Module:
     """The network of ``entry`` (an :class:`~exactpost.nets.EDMPrecond`, eval mode)."""
+    if _diffusers_folder(entry.path):
+        from .backbones.diffusers_unet import load_backbone
+
+        return load_backbone(entry.path)[0]
     from .training.loop import load_model
 
     model, _ = load_model(entry.path)
