@@ -150,3 +150,18 @@ def test_finetune_errors_are_one_line(env, capsys, tmp_path):
                str(tmp_path / "r2"), "--steps", "1", "--batch-size", "4", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "class" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_images_takes_a_family_folder_of_diffusers_models(env, capsys, tmp_path):
+    import shutil
+
+    fam = tmp_path / "fam"
+    shutil.copytree(env / "prior", fam / "prior")
+    assert finetune(env, "eps", "run-bench") == 0
+    shutil.copytree(env / "run-bench" / "model", fam / "eps")
+    rc = main(["bench", "images", "--model", str(fam), "--data", str(env / "data.npz"), "--test-key", "images",
+               "--images", "2", "--samples", "2", "--tasks", "sr4", "--methods", "eps,ddnm", "--nfe", "4",
+               "--tuned", "none", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    table = (tmp_path / "out.md").read_text()
+    assert "eps" in table and "ddnm" in table

@@ -342,7 +342,7 @@ def slice_operator(op, i: int, j: int):
 def resolve_family(model: str) -> tuple[str, Path]:
     """(family name, models root) of ``--model``: a bundled name or a family folder."""
     p = Path(model)
-    if p.is_dir() and any((p / f"{k}.json").is_file() for k in zoo.KINDS):
+    if p.is_dir() and p.name in zoo.model_names(p.parent):  # checkpoints or diffusers folders
         return p.name, p.parent
     if p.parent != Path(".") or p.suffix:
         raise zoo.ModelNotFound(f"--model {model}: not a model family folder (one holding prior.json, eps.json "
