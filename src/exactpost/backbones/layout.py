@@ -66,7 +66,7 @@ def _not_local(path: str) -> BackboneError:
     if _HUB_ID.match(path):
         return BackboneError(
             f"{path!r} is not a local folder; exactpost never downloads models: fetch it once yourself "
-            f"(e.g. `huggingface-cli download {path} --local-dir DIR`) and pass DIR")
+            f"(e.g. `hf download {path} --local-dir DIR`) and pass DIR")
     return BackboneError(f"diffusers model folder {path} does not exist")
 
 
