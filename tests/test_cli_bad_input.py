@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import subprocess
@@ -23,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import exactpost
 from exactpost import cli, zoo
 from exactpost.training.loop import TrainConfig
-from zoo_helpers import make_tiny_models
+from fs_helpers import snapshot
+from zoo_helpers import make_tiny_models, write_restore_inputs
 
 SRC = str(Path(exactpost.__file__).resolve().parents[1])
 UNET = json.dumps({"base_width": 8, "channel_mults": [1, 2], "attn_resolutions": [], "num_res_blocks": 1})
@@ -39,18 +38,8 @@ def ws(tmp_path_factory) -> Path:
     """The workspace: tiny models, inputs good and bad, and paths that are traps."""
     root = tmp_path_factory.mktemp("ws")
     make_tiny_models(root / "models")
+    write_restore_inputs(root)
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "photo.png")
-    mask = np.full((32, 32), 255, np.uint8)
-    mask[4:20, 6:22] = 0
-    Image.fromarray(mask).save(root / "mask.png")
-    Image.fromarray(mask[:16, :16]).save(root / "mask16.png")
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "black.png")
-    np.save(root / "kernel.npy", np.outer([1, 2, 1], [1, 2, 1]).astype(float))
-    np.save(root / "negative.npy", np.array([[0.5, -0.1], [0.3, 0.3]]))
-    np.save(root / "zeros.npy", np.zeros((3, 3)))
-    np.save(root / "nan.npy", np.array([[1.0, np.nan], [1.0, 1.0]]))
-    (root / "garbage.png").write_bytes(b"this is not a png")
     (root / "garbage.npy").write_bytes(b"\x93NUMPY garbage")
     np.savez(root / "tiny.npz", images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8))
     (root / "afile").write_text("a file, not a folder")
@@ -75,22 +64,6 @@ def env(ws, monkeypatch):
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
     monkeypatch.chdir(ws)
     return ws
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: file contents' sha256, link targets, folders."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = "link:" + os.readlink(p)
-            elif p.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 RESTORE = ["restore", "photo.png", "--model", "tiny-32", "--samples", "2", "--nfe", "2"]

@@ -12,7 +12,6 @@ mount a file system (root in a container), one test also fills a real 128 kB tmp
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import subprocess
@@ -26,6 +25,7 @@ from safetensors.torch import load_file
 
 from exactpost import atomic, cli, zoo
 from exactpost.training.checkpoint import load_checkpoint
+from fs_helpers import snapshot
 from zoo_helpers import make_tiny_models
 
 UNET = json.dumps({"base_width": 8, "channel_mults": [1, 2], "attn_resolutions": [], "num_res_blocks": 1})
@@ -89,15 +89,6 @@ class _Limited:
 
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names files through /proc/self/fd")
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            out[str(p.relative_to(root))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def one_line(rc: int, err: str) -> str:

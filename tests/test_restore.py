@@ -10,27 +10,14 @@ from PIL import Image
 
 from exactpost import zoo
 from exactpost.cli import main
-from zoo_helpers import make_tiny_models
+from zoo_helpers import make_tiny_models, write_restore_inputs
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("restore")
     make_tiny_models(root / "models")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "photo.png")
-    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "low.png")
-    mask = np.full((32, 32), 255, np.uint8)
-    mask[4:20, 6:22] = 0
-    Image.fromarray(mask).save(root / "mask.png")
-    Image.fromarray(mask[:16, :16]).save(root / "mask16.png")
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "black.png")
-    np.save(root / "kernel.npy", np.outer([1, 2, 1], [1, 2, 1]).astype(float))
-    np.save(root / "negative.npy", np.array([[0.5, -0.1], [0.3, 0.3]]))
-    np.save(root / "zeros.npy", np.zeros((3, 3)))
-    np.save(root / "nan.npy", np.array([[1.0, np.nan], [1.0, 1.0]]))
-    (root / "garbage.png").write_bytes(b"this is not a png")
-    return root
+    return write_restore_inputs(root)
 
 
 @pytest.fixture

@@ -68,6 +68,17 @@ def _check_writable(folder: Path, p: Path, what: str, flag: str) -> None:
                               f"write to ({flag})")
 
 
+def _usable_name(path: str | os.PathLike, what: str, flag: str, example: str) -> Path:
+    """``Path(path)``, refusing an empty path and a broken symbolic link."""
+    if not str(path).strip():
+        raise OutputPathError(f"{flag} is empty; give {example}")
+    p = Path(path)
+    problem = _link_problem(p)
+    if problem:
+        raise OutputPathError(f"{what} {problem}; remove the link or choose another {flag}")
+    return p
+
+
 def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, existing_ok: bool = False,
                      flag: str = "--out", what: str = "output folder") -> Path:
     """Check that ``path`` can be used as an output folder; returns ``Path(path)``.
@@ -75,12 +86,7 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, existi
     An existing folder must be empty unless ``overwrite`` (files may be replaced) or
     ``existing_ok`` (a run folder that is resumed) is true. ``flag`` names the option in
     the messages."""
-    p = Path(path)
-    if not str(path).strip():
-        raise OutputPathError(f"{flag} is empty; give a folder path")
-    problem = _link_problem(p)
-    if problem:
-        raise OutputPathError(f"{what} {problem}; remove the link or choose another {flag}")
+    p = _usable_name(path, what, flag, "a folder path")
     if p.exists():
         if not p.is_dir():
             raise OutputPathError(f"{what} {p} exists and is a file, not a folder; choose a folder path ({flag})")
@@ -97,12 +103,7 @@ def check_output_file(path: str | os.PathLike, *, suffixes: Sequence[str] = (".p
                       what: str = "output file") -> Path:
     """Check that ``path`` can be written as a file (an existing file is replaced); its
     suffix must be one of ``suffixes`` (case-insensitive; empty: any). Returns ``Path(path)``."""
-    p = Path(path)
-    if not str(path).strip():
-        raise OutputPathError(f"{flag} is empty; give a file path such as samples{suffixes[0] if suffixes else ''}")
-    problem = _link_problem(p)
-    if problem:
-        raise OutputPathError(f"{what} {problem}; remove the link or choose another {flag}")
+    p = _usable_name(path, what, flag, f"a file path such as samples{suffixes[0] if suffixes else ''}")
     if p.is_dir():
         raise OutputPathError(f"{what} {p} is a folder; give a file path such as "
                               f"{p / ('samples' + (suffixes[0] if suffixes else ''))} ({flag})")
