@@ -16,6 +16,10 @@ per task. The rows' models are trained beforehand by ``exactpost finetune`` with
 starting checkpoint, seed, batch and step budget (the commands are in each card and in the
 JSON); snapshots come from ``--snapshot-every``.
 
+``--parity RUN_A RUN_B --parity-step N`` adds the precision parity: the held-out 1-NFE PSNR
+per task that two runs' own periodic evaluations (``metrics.jsonl``: the same validation
+images, operators and noise) logged at step N, e.g. the same fine-tuning in fp32 and bf16.
+
 ``--rho-factors`` adds a training-free table: the PSNR of x_reg = (rho0 I + A^T A)^-1 A^T y
 itself for rho0 = factor * sigma_y^2 / sigma_data^2 (factor 1 is the default) -- how good a
 linear estimate each choice hands the network.
@@ -82,6 +86,21 @@ def xreg_psnr(x0: torch.Tensor, meas: dict, sigma_y: float, factors: list[float]
     return out
 
 
+def parity(runs: list[str], step: int) -> dict:
+    """{run: {"precision": ..., task: PSNR}} from each run's evaluation logged at ``step``."""
+    out = {}
+    for run in runs:
+        evals = [json.loads(line)["eval"] for line in (Path(run) / "metrics.jsonl").read_text().splitlines()
+                 if line.startswith('{"eval"')]
+        at = [e for e in evals if e["step"] == step]
+        if not at:
+            raise SystemExit(f"{run}: no evaluation logged at step {step} (have {[e['step'] for e in evals]})")
+        cfg = json.loads((Path(run) / "config.json").read_text())
+        out[run] = {"precision": cfg.get("precision"), "channels_last": cfg.get("channels_last"),
+                    **{k[len("psnr_mean_"):]: v for k, v in at[-1].items() if k.startswith("psnr_mean_")}}
+    return out
+
+
 def markdown(result: dict) -> str:
     tasks = task_names()
     lines = [f"# {result['title']}", "", f"Command: `{result['command']}`", "",
@@ -95,6 +114,17 @@ def markdown(result: dict) -> str:
         cells = [f"{row['tasks'][t]['mean_psnr']:.2f} / "
                  + ("-" if row["tasks"][t]["crps"] is None else f"{row['tasks'][t]['crps']:.4f}") for t in tasks]
         lines.append(f"| {name} | {row['steps']} | {row['conditioning']} | {row['precision']} | " + " | ".join(cells) + " |")
+    if result.get("parity"):
+        runs = list(result["parity"])
+        lines += ["", f"Precision parity: held-out 1-NFE PSNR (dB) logged by each run's own evaluation at step "
+                      f"{result['parity_step']} (the same validation faces, operators and noise):", "",
+                  "| run | precision | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+        for run in runs:
+            r = result["parity"][run]
+            lines.append(f"| {run} | {r['precision']} | " + " | ".join(f"{r[t]:.2f}" for t in tasks) + " |")
+        if len(runs) == 2:
+            diffs = [result["parity"][runs[1]][t] - result["parity"][runs[0]][t] for t in tasks]
+            lines.append("| difference | | " + " | ".join(f"{d:+.2f}" for d in diffs) + " |")
     if result.get("xreg_psnr"):
         lines += ["", "PSNR (dB) of x_reg itself, rho0 = factor x sigma_y^2 / sigma_data^2 (no network):", "",
                   "| factor | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
@@ -109,12 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", type=int, default=1, help="held-out split (default 1, validation)")
     ap.add_argument("--n", type=int, default=64, help="held-out images (default 64)")
     ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                     help="a row: its name and model checkpoint (repeat)")
     ap.add_argument("--sigma-y", type=float, default=0.05)
     ap.add_argument("--samples", type=int, default=4, help="posterior samples per image (>= 2 for CRPS; default 4)")
     ap.add_argument("--nfe", type=int, default=20, help="NFE per sample (default 20)")
     ap.add_argument("--rho-factors", default="0.25,1,4", help="x_reg table factors ('' for none)")
+    ap.add_argument("--parity", nargs=2, metavar="RUN", default=None, help="two run folders to compare")
+    ap.add_argument("--parity-step", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--title", default="EPS operator input ablation (faces-32, validation split)")
@@ -128,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not name or not path:
             ap.error(f"--model takes NAME=PATH, got {spec!r}")
         models.append((name, path))
+    if not models and not args.parity:
+        ap.error("give at least one --model NAME=PATH (or --parity RUN_A RUN_B)")
     x0 = to_float(load_images(args.data, None, [args.split], args.image_size)[: args.n])
     meas = _measurements(x0, args.sigma_y, args.seed)
     result = {"title": args.title, "command": "python benchmarks/xreg_ablation.py " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -135,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
               "sigma_y": args.sigma_y, "samples": args.samples, "nfe": args.nfe, "seed": args.seed, "rows": {}}
     factors = [float(f) for f in args.rho_factors.split(",") if f.strip()]
     result["xreg_psnr"] = xreg_psnr(x0, meas, args.sigma_y, factors) if factors else {}
+    if args.parity:
+        result["parity"], result["parity_step"] = parity(args.parity, args.parity_step), args.parity_step
     for name, path in models:
         t0 = time.perf_counter()
         result["rows"][name] = evaluate_model(path, x0, meas, args.sigma_y, args.samples, args.nfe, args.seed + 100)
