@@ -48,6 +48,8 @@ def ws(tmp_path_factory) -> Path:
     (root / "zero_steps.json").write_text('{"steps": 0}')
     (root / "null_steps.json").write_text('{"steps": null}')
     (root / "nan_lr.json").write_text('{"lr": NaN}')
+    (root / "text_threads.json").write_text('{"threads": "many"}')
+    (root / "number_init.json").write_text('{"init_from": 5}')
     (root / "old").mkdir()  # a previous output folder
     (root / "old" / "mean.png").write_bytes(b"previous output")
     os.symlink(root / "nowhere", root / "dangling")
@@ -71,6 +73,14 @@ DEMO = ["demo", "--model", "tiny-32", "--images", "1", "--samples", "2", "--nfe"
 SAMPLE = ["sample", "--model", "models/tiny-32/prior", "--n", "2", "--steps", "1"]
 TRAIN = ["train", "--data", "tiny.npz", "--image-size", "8", "--preset", "tiny", "--unet", UNET, "--batch-size", "4",
          "--steps", "2", "--threads", "1", "--no-progress", "--run-dir", "run"]
+
+
+
+def without(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (so that a --config file sets it)."""
+    i = argv.index(flag)
+    return argv[:i] + argv[i + 2:]
+
 
 #: (id, arguments, words expected in the one error line). Expected exit code: 2 for every row.
 CASES = [
@@ -175,11 +185,15 @@ CASES = [
     ("train-config-missing", TRAIN + ["--config", "noconfig.json"], "noconfig.json does not exist"),
     ("train-config-folder", TRAIN + ["--config", "adir"], "is not a file"),
     ("train-config-broken", TRAIN + ["--config", "broken.json"], "is not valid JSON"),
-    ("train-config-steps-0", TRAIN[:TRAIN.index("--steps")] + TRAIN[TRAIN.index("--steps") + 2:]
-     + ["--config", "zero_steps.json"], "config key 'steps' in zero_steps.json must be >= 1"),
-    ("train-config-steps-null", TRAIN[:TRAIN.index("--steps")] + TRAIN[TRAIN.index("--steps") + 2:]
-     + ["--config", "null_steps.json"], "config key 'steps' in null_steps.json must be set"),
+    ("train-config-steps-0", without(TRAIN, "--steps") + ["--config", "zero_steps.json"],
+     "config key 'steps' in zero_steps.json must be >= 1"),
+    ("train-config-steps-null", without(TRAIN, "--steps") + ["--config", "null_steps.json"],
+     "config key 'steps' in null_steps.json must be set"),
     ("train-config-lr-nan", TRAIN + ["--config", "nan_lr.json"], "config key 'lr' in nan_lr.json must be"),
+    ("train-config-threads-text", without(TRAIN, "--threads") + ["--config", "text_threads.json"],
+     "config key 'threads' in text_threads.json must be an integer"),
+    ("train-config-init-from-number", TRAIN + ["--config", "number_init.json"],
+     "config key 'init_from' in number_init.json must be a string"),
     ("finetune-needs-init-from", ["finetune"] + TRAIN[1:], "finetune needs --init-from"),
     ("unknown-command", ["paint"], "invalid choice: 'paint'"),
     ("unknown-option", ["demo", "--colour", "red"], "unrecognized arguments: --colour red"),

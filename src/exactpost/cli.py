@@ -119,12 +119,25 @@ def _with_check(parse: Callable[[str], Any], check: Callable[[Any], None]) -> Ca
 def _checked_number(kind: type, **limits: Any) -> Callable[[str], Any]:
     """An argtypes parser that can also check a value read from a --config file."""
     parse = argtypes.int_range(**limits) if kind is int else argtypes.float_range(**limits)
-    return _with_check(parse, lambda v: parse(repr(v)) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                       else None)
+
+    def check(value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        parse(repr(value))
+
+    return _with_check(parse, check)
 
 
 def _checked_list(parse: Callable[[str], list]) -> Callable[[str], list]:
-    return _with_check(parse, lambda v: parse(",".join(map(str, v))) if isinstance(v, list) else None)
+    """A comma-separated list parser whose check takes a JSON list (or one item) of a --config file."""
+
+    def check(value: Any) -> None:
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(v, (dict, list, bool)) for v in items):
+            raise argparse.ArgumentTypeError(f"must be a list of plain values, got {value!r}")
+        parse(",".join(map(str, items)))
+
+    return _with_check(parse, check)
 
 
 def _train_parsers() -> dict[str, Callable[[str], Any]]:
@@ -292,6 +305,8 @@ def _check_train_values(cfg: Any, from_flags: set[str], config_path: Optional[Pa
             if getattr(defaults, f.name) is not None:
                 raise UsageError(f"{where} must be set, got null")
             continue
+        if str(f.type).replace(" ", "") in ("str", "Optional[str]", "str|None") and not isinstance(value, str):
+            raise UsageError(f"{where} must be a string, got {value!r}")
         check = getattr(parsers.get(f.name), "check", None)
         if check is not None:
             try:
