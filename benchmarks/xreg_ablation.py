@@ -103,7 +103,9 @@ def parity(runs: list[str], step: int) -> dict:
 
 def markdown(result: dict) -> str:
     tasks = task_names()
-    lines = [f"# {result['title']}", "", f"Command: `{result['command']}`", "",
+    lines = [f"# {result['title']}", "", f"Command: `{result['command']}`", ""]
+    if result["rows"]:
+        lines += [
              f"{result['n']} held-out images (split {result['split']} of `{result['data']}`), sigma_y = "
              f"{result['sigma_y']}; the same operators, noise and sampler seed for every row. "
              f"Cells: 1-NFE mean PSNR (dB) / CRPS of {result['samples']} samples at {result['nfe']} NFE "
