@@ -20,7 +20,8 @@ from exactpost.gmm import mcgdiff_problem
 from exactpost.metrics import interval_coverage, sliced_wasserstein
 
 TINY = ["--dims", "8", "--dys", "1", "--problems", "2", "--samples", "200", "--repeats", "3", "--nfe", "5",
-        "--methods", "eps-oracle,ddnm", "--projections", "50", "--threads", "1", "--no-progress"]
+        "--methods", "eps-oracle,ddnm", "--eps-sampler", "legacy", "--projections", "50", "--threads", "1",
+        "--no-progress"]
 
 
 def _run(prefix, *extra: str) -> int:
@@ -79,7 +80,8 @@ def test_mean_ci_is_mean_and_1_96_standard_errors():
 
 
 def _cfg(**kw) -> gb.BenchConfig:
-    base = dict(dims=[8], dys=[1, 2], problems=2, nfe=[20, 100], methods=["eps-oracle", "dps"])
+    base = dict(dims=[8], dys=[1, 2], problems=2, nfe=[20, 100], methods=["eps-oracle", "dps"],
+                eps_samplers=[gb.LEGACY.name])
     base.update(kw)
     return gb.BenchConfig(**base)
 
@@ -91,13 +93,13 @@ def _row(dy, method, nfe, sw, ratio, cov):
 def test_checks_detect_each_failure():
     good = [_row(dy, "eps-oracle", 100, 1.0, 1.1, 0.9) for dy in (1, 2)]
     good += [_row(dy, "dps", nfe, 5.0, 5.0, 0.5) for dy in (1, 2) for nfe in (20, 100)]
-    res = gb.checks(_cfg(), good)
+    res = gb.checks(_cfg(nfe=[100]), good)
     assert len(res) == 3 and all(r["ok"] for r in res.values()), res
     bad = [dict(r) for r in good]
     bad[0].update(ratio=1.31)  # dy = 1: too far from the floor
     bad[1].update(coverage=0.925)  # dy = 2: miscalibrated
     bad[-1].update(sw=0.9)  # dps at 100 NFE, dy = 2: below EPS
-    res = gb.checks(_cfg(), bad)
+    res = gb.checks(_cfg(nfe=[100]), bad)
     fails = {name.split(" ")[1]: r["failures"] for name, r in res.items()}
     assert fails["within"] == ["d=8 dy=1: 1.31"]
     assert fails["coverage"] == ["d=8 dy=2: 0.925"]
@@ -131,14 +133,15 @@ def test_tiny_run_writes_tables_and_samples_that_recheck(tmp_path, capsys):
     assert rows[("ddnm", 5)]["sw"] == pytest.approx(sum(sws) / 2, rel=1e-12)
     assert rows[("ddnm", 5)]["ratio"] == pytest.approx(rows[("ddnm", 5)]["sw"] / rows[("exact", 0)]["sw"])
     md = (tmp_path / "res.md").read_text()
-    assert "exact posterior (noise floor)" in md and "eps-oracle @ 5 (4 NFE)" in md and "± " in md
+    assert "exact posterior (noise floor)" in md and "eps-oracle [heun:karras:rho=7:smin=0.002] @ 5 (4 NFE)" in md
+    assert "± " in md
     assert "200 samples" in md and "50 random directions" in md
     # the saved arrays reproduce every distance and coverage, and y, A, sigma_y, the prior
     with np.load(npz) as z:
         for c in data["cells"]:
             pre = f"d{c['d']}_dy{c['dy']}_p{c['problem']}"
             t = lambda k: torch.from_numpy(z[f"{pre}__{k}"])  # noqa: E731
-            xs = t(f"{c['method']}_nfe{c['nfe_budget']}")
+            xs = t(c["key"].split("__", 1)[1])
             assert xs.shape == (3, 200, 8)
             assert statistics.fmean(sliced_wasserstein(x, t("reference"), directions=t("directions"))
                                     for x in xs) == c["sw"]
@@ -193,6 +196,35 @@ def test_interrupted_run_resumes_to_the_same_numbers_and_reuses_its_cache(tmp_pa
     assert "\n" not in str(err.value)
     assert gb.main([a if a != "200" else "100" for a in TINY] + ["--out", str(part), "--fresh"]) == 0
     assert "6 cells computed, 0 reused" in capsys.readouterr().out
+
+
+def test_eps_samplers_are_rows_and_legacy_cells_keep_their_keys(tmp_path):
+    prefix = tmp_path / "s"
+    spec = "dpmpp2m:loglinear:smin=0.01"
+    argv = [a if a != "legacy" else f"legacy,{spec}" for a in TINY]
+    assert gb.main(argv + ["--out", str(prefix), "--methods", "eps-oracle"]) == 0
+    cells = _cells(prefix)
+    assert set(cells) == {f"d8_dy1_p{p}__{v}" for p in (0, 1)
+                          for v in ("exact_nfe0", "eps-oracle_nfe5", f"eps-oracle[{spec}]_nfe5")}
+    assert cells["d8_dy1_p0__eps-oracle_nfe5"]["nfe"] == 4  # legacy Heun: 2 levels (3 NFE) + the mean
+    assert cells[f"d8_dy1_p0__eps-oracle[{spec}]_nfe5"]["nfe"] == 5  # 4 levels, one NFE each, + the mean
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "s.json").read_text())["rows"]}
+    assert rows[f"eps-oracle[{spec}]"]["sampler"] == spec and rows["eps-oracle"]["sampler"] == gb.LEGACY.name
+    md = (tmp_path / "s.md").read_text()
+    assert f"eps-oracle [{spec}] @ 5 |" in md and "eps-oracle [heun:karras:rho=7:smin=0.002] @ 5 (4 NFE)" in md
+    # the first sampler is the one the checks read; at 5 NFE neither is near the floor
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert "d=8 dy=1" in data["meta"]["checks"]["eps-oracle within 1.3x the noise floor at 5 NFE"]["failures"][0]
+    with pytest.raises(ValueError, match="unknown solver"):
+        gb.main(TINY + ["--out", str(prefix), "--eps-sampler", "rk4"])
+
+
+def test_checks_read_20_nfe_too():
+    rows = [dict(_row(dy, "eps-oracle", nfe, 1.0, r, 0.9), variant="eps-oracle") for dy in (1, 2)
+            for nfe, r in ((20, 1.5 if dy == 2 else 1.2), (100, 1.0))]
+    res = gb.checks(_cfg(methods=["eps-oracle"], eps_samplers=[gb.LEGACY.name]), rows)
+    assert res["eps-oracle within 1.3x the noise floor at 100 NFE"]["ok"]
+    assert res["eps-oracle within 1.3x the noise floor at 20 NFE"]["failures"] == ["d=8 dy=2: 1.50"]
 
 
 def test_learned_eps_runs_for_d_8_only_among_8_and_10(tmp_path, capsys):

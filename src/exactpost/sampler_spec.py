@@ -127,10 +127,13 @@ _KEYS = {"rho": "rho", "smin": "sigma_min", "start": "start", "churn": "churn", 
 
 
 def parse_spec(text: str | SamplerSpec) -> SamplerSpec:
-    """``SOLVER[:SCHEDULE][:key=value]...`` (module docstring) -> SamplerSpec; a one-line
-    ValueError names what is wrong."""
+    """``SOLVER[:SCHEDULE][:key=value]...`` (module docstring), or ``default`` / ``legacy``,
+    -> SamplerSpec; a one-line ValueError names what is wrong."""
     if isinstance(text, SamplerSpec):
         return text
+    alias = str(text).strip().lower()
+    if alias in ("default", "legacy"):
+        return DEFAULT if alias == "default" else LEGACY
     parts = [p.strip() for p in str(text).strip().split(":") if p.strip()]
     if not parts:
         raise ValueError("empty sampler spec; write e.g. 'dpmpp2m:karras:rho=7:smin=0.002'")
@@ -166,9 +169,15 @@ def parse_specs(text: str) -> list[SamplerSpec]:
 #: the sampler before issue 21: EDM Heun, rho = 7, sigma_min = 0.002, from sigma_max
 LEGACY = SamplerSpec("heun", "karras", 7.0, 0.002)
 #: the default for EPS sampling (chosen on the Gaussian-mixture oracle; README "Sampler")
-DEFAULT = LEGACY
+DEFAULT = SamplerSpec("dpmpp2m", "loglinear", sigma_min=0.03)
 
 
 def with_start(spec: SamplerSpec, start: float | None) -> SamplerSpec:
-    """The spec with its first level set to ``start`` (None: the caller's sigma_max)."""
+    """The spec with its first level set to ``start`` (None: the caller's sigma_max). A start
+    at or below the spec's ``smin`` (a warm start very close to the data) lowers ``smin`` to
+    the EDM value 0.002, below which no start is accepted."""
+    if start is not None and start <= spec.sigma_min < LEGACY.sigma_min:
+        raise ValueError(f"the start {start:g} must exceed the last noise level smin = {spec.sigma_min:g}")
+    if start is not None and start <= spec.sigma_min:
+        spec = replace(spec, sigma_min=min(spec.sigma_min, LEGACY.sigma_min))
     return replace(spec, start=start)

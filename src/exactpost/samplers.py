@@ -120,30 +120,18 @@ def edm_sampler(
     denoiser: Denoiser,
     shape: Sequence[int],
     *,
-    interpolant: Interpolant | None = None,
     steps: int = 18,
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     rho: float = 7.0,
-    heun: bool = True,
-    churn: float = 0.0,
-    churn_tmin: float = 0.0,
-    churn_tmax: float = math.inf,
-    churn_noise: float = 1.0,
-    generator: torch.Generator | None = None,
-    noise: torch.Tensor | None = None,
-    init_mean: torch.Tensor | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-    return_trajectory: bool = False,
+    **kwargs,
 ) -> SampleResult:
     """EDM sampler (Euler or Heun, optional churn) for a denoiser of any interpolant:
-    :func:`heun_sigmas` on :func:`edm_sigma_grid` (``steps`` levels from sigma_max to
+    :func:`heun_sigmas` (which takes the other keyword arguments: interpolant, heun, churn,
+    churn_tmin, churn_tmax, churn_noise, generator, noise, init_mean, device, dtype,
+    return_trajectory) on :func:`edm_sigma_grid` (``steps`` levels from sigma_max to
     sigma_min with exponent rho, then 0)."""
-    return heun_sigmas(denoiser, shape, edm_sigma_grid(steps, sigma_min, sigma_max, rho), interpolant=interpolant,
-                       heun=heun, churn=churn, churn_tmin=churn_tmin, churn_tmax=churn_tmax,
-                       churn_noise=churn_noise, generator=generator, noise=noise, init_mean=init_mean,
-                       device=device, dtype=dtype, return_trajectory=return_trajectory)
+    return heun_sigmas(denoiser, shape, edm_sigma_grid(steps, sigma_min, sigma_max, rho), **kwargs)
 
 
 def _ve_denoiser(D: "_CountingDenoiser", interp: Interpolant) -> Callable[[torch.Tensor, float], torch.Tensor]:

@@ -39,9 +39,12 @@ independent sets of n exact posterior draws: what a perfect sampler scores with 
 Methods, all at each NFE budget of ``--nfe`` and all starting from ``--sigma-max``:
 
 * ``eps-oracle``: EPS with the exact mixture oracle as the network
-  (:class:`exactpost.gmm.GMMEPSOracle`), EDM Heun with N = nfe // 2 steps started from the
-  1-NFE posterior mean: 2 N - 1 + 1 = 2 N NFE;
-* ``eps-mlp`` (``--learned``, d in {8, 80} only): the same sampler with a small MLP trained
+  (:class:`exactpost.gmm.GMMEPSOracle`): the 1-NFE posterior mean at sigma_max, then each
+  sampler of ``--eps-sampler`` (:mod:`exactpost.sampler_spec`; default
+  :data:`~exactpost.sampler_spec.DEFAULT`) started around it with the remaining nfe - 1
+  evaluations (EDM Heun with K levels uses 2 K - 1, so an even budget leaves one unused);
+  one table row per sampler, the first one is the row the checks read;
+* ``eps-mlp`` (``--learned``, d in {8, 80} only): EDM Heun (the legacy sampler) with a small MLP trained
   per problem by the EPS objective (:func:`exactpost.bench.gmm_learned.train_mlp`,
   ``--mlp-steps`` Adam steps of batch 512, width 256 x 3; its training time is reported);
 * ``zero-shot-pivot``, ``dps``, ``pigdm``, ``ddnm``, ``ddrm``, ``daps``, ``mpgd``: the
@@ -55,7 +58,9 @@ mean SW / mean noise floor of the setting.
 
 Reproducibility and resumption: every problem, reference set and method run has its own
 generator, seeded from (``--seed``, d, dy, problem, method, nfe), so a cell's numbers do not
-depend on which other cells are run. Each finished cell (setting, problem, method, nfe) is
+depend on which other cells are run (EPS samplers of one budget share their random numbers).
+A cell of an EPS sampler other than the legacy one (EDM Heun, rho 7, sigma_min 0.002) has
+the sampler in its key, ``eps-oracle[SPEC]``, so legacy cells of earlier runs are reused. Each finished cell (setting, problem, method, nfe) is
 appended to ``PREFIX.cache/cells.jsonl`` at once; a rerun with the same scoring options skips
 them (a killed run continues where it stopped; adding settings, problems, methods or budgets
 reuses what is there), and a rerun with different scoring options stops with one line unless
@@ -85,13 +90,13 @@ import numpy as np
 import torch
 
 from .. import argtypes
-from .. import samplers as S
 from ..gmm import GaussianMixture, GMMProblem, mcgdiff_problem
 from ..imageio import save_text, write_atomic
 from ..interpolants import EDM
 from ..metrics import random_directions, sliced_wasserstein
 from ..operators import DenseOperator
-from .gmm_eval import eps_oracle_draw
+from ..sampler_spec import DEFAULT, LEGACY, parse_specs
+from .gmm_eval import eps_oracle_spec_draw
 from .records import RecordLog, json_safe
 
 #: the reference sampler whose scores are the noise floor
@@ -135,6 +140,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="all",
                         help=f"comma-separated methods or 'all' ({', '.join(ALL_METHODS)}); the noise "
                              f"floor is always measured")
+    parser.add_argument("--eps-sampler", default=DEFAULT.name, metavar="SPEC[,SPEC...]",
+                        help=f"EPS sampler(s) of eps-oracle, comma-separated specs "
+                             f"SOLVER[:SCHEDULE][:rho=R][:smin=S][:start=T][:churn=C][:eta=E] "
+                             f"(exactpost.sampler_spec; 'default' = {DEFAULT.name}, 'legacy' = {LEGACY.name}); "
+                             f"one row each, the first is checked")
     parser.add_argument("--learned", action="store_true",
                         help=f"add {LEARNED}: an MLP trained per problem by the EPS objective "
                              f"(d in {{8, 80}} only; ~20-50 s of training per problem on one CPU thread; default: off)")
@@ -174,6 +184,7 @@ class BenchConfig:
     problems: int
     nfe: list[int]
     methods: list[str]
+    eps_samplers: list[str] = None  # spec names; None: [DEFAULT.name]
     learned: bool = False
     mlp_steps: int = 3000
     samples: int = 2000
@@ -188,6 +199,10 @@ class BenchConfig:
     threads: int = 0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.eps_samplers is None:
+            self.eps_samplers = [DEFAULT.name]
+
     def scoring(self) -> dict[str, Any]:
         """The options a cached cell depends on (a rerun must match them to reuse it)."""
         return dict(protocol=PROTOCOL_VERSION, seed=self.seed, samples=self.samples, repeats=self.repeats,
@@ -199,8 +214,12 @@ class BenchConfig:
         parts = ["exactpost", "bench", "gmm", "--dims", _join(self.dims), "--dys", _join(self.dys),
                  "--problems", str(self.problems), "--nfe", _join(self.nfe),
                  "--methods", ",".join(self.methods)]
+        if ORACLE in self.methods:
+            parts += ["--eps-sampler", ",".join(self.eps_samplers)]
         if self.learned:
-            parts += ["--learned", "--mlp-steps", str(self.mlp_steps)]
+            parts.append("--learned")
+        if self.learned or self.mlp_steps != 3000:  # part of the cache's scoring options
+            parts += ["--mlp-steps", str(self.mlp_steps)]
         parts += ["--samples", str(self.samples), "--repeats", str(self.repeats), "--projections", str(self.projections),
                   "--level", f"{self.level:g}", "--sigma-max", f"{self.sigma_max:g}", "--seed", str(self.seed),
                   "--out", self.out]
@@ -250,10 +269,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise ValueError(f"--level must be in (0, 1), got {args.level}")
     if not args.sigma_max > SIGMA_MIN * 10:
         raise ValueError(f"--sigma-max must be > {SIGMA_MIN * 10}, got {args.sigma_max}")
+    eps_samplers = [spec.name for spec in parse_specs(args.eps_sampler)]
     if args.save_samples and not str(args.save_samples).endswith(".npz"):
         raise ValueError(f"--save-samples must name an .npz file, got {args.save_samples!r}")
     return BenchConfig(dims=list(dict.fromkeys(args.dims)), dys=list(dict.fromkeys(args.dys)),
-                       problems=args.problems, nfe=sorted(set(args.nfe)), methods=methods, learned=learned,
+                       problems=args.problems, nfe=sorted(set(args.nfe)), methods=methods,
+                       eps_samplers=eps_samplers, learned=learned,
                        mlp_steps=args.mlp_steps, samples=args.samples, repeats=args.repeats, projections=args.projections,
                        level=float(args.level), sigma_max=float(args.sigma_max), seed=args.seed, out=args.out,
                        save_samples=args.save_samples, fresh=bool(args.fresh), threads=args.threads,
@@ -264,13 +285,22 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 @dataclass(frozen=True)
 class Cell:
     """One measurement: ``method`` at budget ``nfe`` (0 for the noise floor) on problem
-    ``problem`` of setting (d, dy)."""
+    ``problem`` of setting (d, dy); ``sampler``: the EPS sampler spec of eps-oracle cells
+    ("" otherwise)."""
 
     d: int
     dy: int
     problem: int
     method: str
     nfe: int
+    sampler: str = ""
+
+    @property
+    def variant(self) -> str:
+        """``method``, or ``method[SPEC]`` for an EPS sampler other than the legacy one (the
+        table row and the key; legacy cells keep the key they had before samplers were
+        options)."""
+        return f"{self.method}[{self.sampler}]" if self.sampler and self.sampler != LEGACY.name else self.method
 
     @property
     def setting(self) -> tuple[int, int]:
@@ -282,7 +312,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.problem_key}__{self.method}_nfe{self.nfe}"
+        return f"{self.problem_key}__{self.variant}_nfe{self.nfe}"
 
 
 def cells_of(cfg: BenchConfig) -> list[Cell]:
@@ -295,7 +325,8 @@ def cells_of(cfg: BenchConfig) -> list[Cell]:
                 for m in cfg.methods:
                     if m == LEARNED and d not in LEARNED_DIMS:
                         continue
-                    out += [Cell(d, dy, p, m, nfe) for nfe in cfg.nfe]
+                    specs = cfg.eps_samplers if m == ORACLE else [""]
+                    out += [Cell(d, dy, p, m, nfe, spec) for spec in specs for nfe in cfg.nfe]
     return out
 
 
@@ -346,10 +377,11 @@ def coverage(samples: torch.Tensor, reference: torch.Tensor, level: float = 0.9)
     return float(((r >= q[0]) & (r <= q[1])).double().mean())
 
 
-def draw(cfg: BenchConfig, ctx: ProblemContext, method: str, nfe: int, g: torch.Generator
-         ) -> tuple[torch.Tensor, int]:
-    """One set of n samples [n, d] of ``method`` at budget ``nfe`` on the context's problem,
-    and the NFE used per sample."""
+def draw(cfg: BenchConfig, ctx: ProblemContext, method: str, nfe: int, g: torch.Generator,
+         sampler: str = "") -> tuple[torch.Tensor, int]:
+    """One set of n samples [n, d] of ``method`` at budget ``nfe`` on the context's problem
+    (eps-oracle with the sampler spec ``sampler``, default the legacy one), and the NFE used
+    per sample."""
     pb, n = ctx.problem, cfg.samples
     if method == FLOOR:
         return exact_sample(pb.posterior, n, g), 0
@@ -357,7 +389,8 @@ def draw(cfg: BenchConfig, ctx: ProblemContext, method: str, nfe: int, g: torch.
         used: list[int] = []
         steps = max(1, nfe // 2)  # Heun: 2 steps - 1 NFE, plus the 1-NFE mean start
         if method == ORACLE:
-            fn = eps_oracle_draw(pb, S.edm_heun, EDM(), steps, cfg.sigma_max, SIGMA_MIN, nfe_out=used)
+            spec = parse_specs(sampler or LEGACY.name)[0]
+            fn = eps_oracle_spec_draw(pb, spec, nfe, cfg.sigma_max, EDM(), nfe_out=used)
         else:
             from .gmm_learned import learned_draw
 
@@ -394,12 +427,14 @@ def run_cell(cfg: BenchConfig, ctx: ProblemContext, cell: Cell) -> tuple[dict[st
     train_before = ctx.mlp_seconds if ctx.mlp is not None else None
     sets = []
     for _ in range(cfg.repeats):
-        x, nfe_used = draw(cfg, ctx, cell.method, cell.nfe, g)
+        x, nfe_used = draw(cfg, ctx, cell.method, cell.nfe, g, cell.sampler)
         sets.append(x.detach().to(torch.float64))
     xs = torch.stack(sets)
     seconds = time.perf_counter() - t0
     rec: dict[str, Any] = dict(key=cell.key, d=cell.d, dy=cell.dy, problem=cell.problem, method=cell.method,
                                nfe_budget=cell.nfe, nfe=nfe_used)
+    if cell.sampler:
+        rec["sampler"] = cell.sampler
     finite = bool(torch.isfinite(xs).all())
     rec["sw"] = statistics.fmean(sliced_wasserstein(x, ctx.reference, directions=ctx.directions)
                                  for x in xs) if finite else None
@@ -456,22 +491,24 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate(cfg: BenchConfig, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (d, dy, method, nfe budget) over the run's problems: SW and coverage
-    mean +- 1.96 SE, ratio to the setting's mean floor, NFE used, seconds per problem."""
+    """One row per (d, dy, method variant, nfe budget) over the run's problems: SW and
+    coverage mean +- 1.96 SE, ratio to the setting's mean floor, NFE used, seconds per problem.
+    ``variant`` is :attr:`Cell.variant`; ``sampler`` the EPS sampler spec ("" for others)."""
     groups: dict[tuple, list[dict]] = {}
     for cell in cells_of(cfg):
         rec = records.get(cell.key)
         if rec is not None:
-            groups.setdefault((cell.d, cell.dy, cell.method, cell.nfe), []).append(rec)
+            groups.setdefault((cell.d, cell.dy, cell.method, cell.sampler, cell.nfe), []).append(rec)
     floors = {(d, dy): mean_ci([r["sw"] for r in recs])[0]
-              for (d, dy, m, _), recs in groups.items() if m == FLOOR}
+              for (d, dy, m, _, _), recs in groups.items() if m == FLOOR}
     rows = []
-    for (d, dy, method, nfe), recs in groups.items():
+    for (d, dy, method, sampler, nfe), recs in groups.items():
         ok = [r for r in recs if r["sw"] is not None]
         sw, sw_ci = mean_ci([r["sw"] for r in ok])
         cov, cov_ci = mean_ci([r["coverage"] for r in ok])
         floor = floors.get((d, dy), math.nan)
-        row = dict(d=d, dy=dy, method=method, nfe_budget=nfe, nfe=max(r["nfe"] for r in recs),
+        row = dict(d=d, dy=dy, method=method, sampler=sampler,
+                   variant=Cell(d, dy, 0, method, nfe, sampler).variant, nfe_budget=nfe, nfe=max(r["nfe"] for r in recs),
                    problems=len(recs), failed=len(recs) - len(ok), sw=sw, sw_ci=sw_ci, floor=floor,
                    ratio=sw / floor if floor and not math.isnan(floor) else math.nan,
                    coverage=cov, coverage_ci=cov_ci, seconds=statistics.fmean(r["seconds"] for r in recs))
@@ -480,20 +517,26 @@ def aggregate(cfg: BenchConfig, records: dict[str, dict[str, Any]]) -> list[dict
 
 
 def checks(cfg: BenchConfig, rows: list[dict[str, Any]], tol: float = 1.3, cov_tol: float = 0.02) -> dict[str, Any]:
-    """The issue's targets, evaluated on the rows (each None when its rows are missing):
-    EPS-oracle at the largest budget within ``tol`` x the noise floor in every setting; its SW
-    below every baseline's (at every budget) in every setting; its coverage within ``cov_tol``
-    of the level."""
+    """The issues' targets, evaluated on the rows of EPS-oracle with the first sampler of
+    ``--eps-sampler`` (each None when its rows are missing): within ``tol`` x the noise floor in
+    every setting at the largest budget, and at 20 NFE when 20 is a smaller budget of the run;
+    its SW at the largest budget below every baseline's (at every budget) in every setting; its
+    coverage there within ``cov_tol`` of the level."""
     if ORACLE not in cfg.methods:
         return {}
     top = max(cfg.nfe)
-    by = {(r["d"], r["dy"], r["method"], r["nfe_budget"]): r for r in rows}
-    settings = [(d, dy) for d in cfg.dims for dy in cfg.dys if (d, dy, ORACLE, top) in by]
-    far, beaten, off = [], [], []
+    eps = Cell(0, 0, 0, ORACLE, top, cfg.eps_samplers[0]).variant
+    by = {(r["d"], r["dy"], r.get("variant", r["method"]), r["nfe_budget"]): r for r in rows}
+    settings = [(d, dy) for d in cfg.dims for dy in cfg.dys if (d, dy, eps, top) in by]
+    budgets = [top] + ([20] if 20 in cfg.nfe and top != 20 else [])
+    far: dict[int, list[str]] = {nfe: [] for nfe in budgets}
+    beaten, off = [], []
     for d, dy in settings:
-        o = by[(d, dy, ORACLE, top)]
-        if not o["ratio"] <= tol:
-            far.append(f"d={d} dy={dy}: {o['ratio']:.2f}")
+        o = by[(d, dy, eps, top)]
+        for nfe in budgets:
+            r = by.get((d, dy, eps, nfe))
+            if r is None or not r["ratio"] <= tol:
+                far[nfe].append(f"d={d} dy={dy}: {r['ratio']:.2f}" if r else f"d={d} dy={dy}: missing")
         for m in BASELINES:
             for nfe in cfg.nfe:
                 b = by.get((d, dy, m, nfe))
@@ -503,8 +546,9 @@ def checks(cfg: BenchConfig, rows: list[dict[str, Any]], tol: float = 1.3, cov_t
             off.append(f"d={d} dy={dy}: {o['coverage']:.3f}")
     if not settings:
         return {}
-    return {f"eps-oracle within {tol}x the noise floor at {top} NFE": dict(ok=not far, failures=far),
-            "eps-oracle below every baseline": dict(ok=not beaten, failures=beaten),
+    out = {f"eps-oracle within {tol}x the noise floor at {nfe} NFE": dict(ok=not far[nfe], failures=far[nfe])
+           for nfe in budgets}
+    return {**out, "eps-oracle below every baseline": dict(ok=not beaten, failures=beaten),
             f"eps-oracle coverage within {cov_tol} of {cfg.level:g}": dict(ok=not off, failures=off)}
 
 
@@ -518,10 +562,14 @@ def _fmt(v: float, ci: float | None = None, digits: int = 3) -> str:
     return s
 
 
-def _row_order(cfg: BenchConfig) -> list[tuple[str, int]]:
-    out = [(FLOOR, 0)]
+def _row_order(cfg: BenchConfig) -> list[tuple[str, str, int]]:
+    """(variant, label stem, nfe) of the table rows in order."""
+    out = [(FLOOR, FLOOR, 0)]
     for m in cfg.methods:
-        out += [(m, nfe) for nfe in cfg.nfe]
+        for spec in (cfg.eps_samplers if m == ORACLE else [""]):
+            cell = Cell(0, 0, 0, m, 0, spec)
+            stem = f"{m} [{spec}]" if spec else m
+            out += [(cell.variant, stem, nfe) for nfe in cfg.nfe]
     return out
 
 
@@ -535,18 +583,18 @@ def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], meta: dict[str, Any])
     """The report: protocol, three tables (SW, ratio, coverage; rows method @ NFE budget,
     columns settings) and the checks."""
     settings = [(d, dy) for d in cfg.dims for dy in cfg.dys]
-    by = {(r["d"], r["dy"], r["method"], r["nfe_budget"]): r for r in rows}
+    by = {(r["d"], r["dy"], r.get("variant", r["method"]), r["nfe_budget"]): r for r in rows}
     head = "| method @ NFE | " + " | ".join(f"d={d}, dy={dy}" for d, dy in settings) + " |"
     sep = "|---|" + "---|" * len(settings)
 
     def table(value: Callable[[dict], str]) -> list[str]:
         lines = [head, sep]
-        for method, nfe in _row_order(cfg):
-            cells = [by.get((d, dy, method, nfe)) for d, dy in settings]
+        for variant, stem, nfe in _row_order(cfg):
+            cells = [by.get((d, dy, variant, nfe)) for d, dy in settings]
             if not any(cells):
                 continue
             used = {c["nfe"] for c in cells if c}
-            label = _label(method, nfe, used.pop() if len(used) == 1 else None)
+            label = _label(stem, nfe, used.pop() if len(used) == 1 else None)
             lines.append(f"| {label} | " + " | ".join(value(c) if c else "-" for c in cells) + " |")
         return lines
 
@@ -563,7 +611,9 @@ def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], meta: dict[str, Any])
          f"directions (shared per problem); every method starts at sigma_max = {cfg.sigma_max:g}. "
          f"Entries: mean ± 1.96 standard errors over problems. Noise floor: {cfg.repeats} further exact "
          f"posterior set(s) scored the same way. The label's NFE is the budget; the actual NFE per sample is in "
-         f"parentheses where it differs. EPS: EDM Heun, nfe // 2 steps from the 1-NFE posterior mean. "
+         f"parentheses where it differs. EPS: the 1-NFE posterior mean at sigma_max, then the sampler "
+         f"in brackets (exactpost.sampler_spec: solver, schedule, rho, last positive level smin) with the "
+         f"remaining evaluations, started around the mean; eps-mlp uses EDM Heun (rho 7, smin 0.002). "
          f"Baselines: registry defaults with the exact prior denoiser as their network.", "",
          "## Sliced Wasserstein to the exact posterior (lower is better)", ""]
     L += table(lambda r: _fmt(r["sw"], r["sw_ci"]) + (f" ({r['failed']} failed)" if r["failed"] else ""))
@@ -593,7 +643,7 @@ def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], meta: dict[str, Any])
 def write_samples_npz(cfg: BenchConfig, cache: Cache, path: str | os.PathLike) -> Path:
     """Every problem of the run as arrays ``<problem>__<name>`` (problem = d{d}_dy{dy}_p{p}):
     prior_weights [25], prior_means [25, d] (identity covariances), A [dy, d], y [dy],
-    sigma_y [], directions [d, L], reference [n, d], and ``<method>_nfe<budget>`` [repeats, n, d]
+    sigma_y [], directions [d, L], reference [n, d], and ``<variant>_nfe<budget>`` [repeats, n, d]
     for each cell (``exact_nfe0`` are the noise-floor sets); plus ``protocol`` (JSON text). Recheck a
     distance with exactpost.metrics.sliced_wasserstein(samples, reference,
     directions=directions), averaged over the sets. Written entry by entry (low memory), atomically."""
@@ -620,7 +670,7 @@ def write_samples_npz(cfg: BenchConfig, cache: Cache, path: str | os.PathLike) -
                 for cell in cells:
                     src = cache.sample_path(cell.key)
                     if src.exists():
-                        put(f"{pre}__{cell.method}_nfe{cell.nfe}", np.load(src))
+                        put(f"{pre}__{cell.variant}_nfe{cell.nfe}", np.load(src))
 
     return write_atomic(path, write)
 
@@ -653,7 +703,7 @@ def run_config(cfg: BenchConfig) -> int:
             if pk != ctx_key:
                 ctx_key, ctx = pk, make_context(cfg, *pk)
             if bar is not None:
-                bar.set_postfix_str(f"d={cell.d} dy={cell.dy} p={cell.problem} {cell.method}@{cell.nfe}")
+                bar.set_postfix_str(f"d={cell.d} dy={cell.dy} p={cell.problem} {cell.variant}@{cell.nfe}")
             with torch.enable_grad():
                 rec, x = run_cell(cfg, ctx, cell)
             cache.add(rec, x if need else None)
