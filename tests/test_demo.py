@@ -22,7 +22,7 @@ def test_demo_writes_one_panel_per_task_and_results(models_env, tmp_path, capsys
     res = json.loads((out / "results.json").read_text())
     assert [r["task"] for r in res["tasks"]] == task_names()
     for r in res["tasks"]:
-        assert r["nfe_mean"] == 1 and r["nfe_sample"] == 8  # the shared mean + Heun with 4 steps (7 NFE)
+        assert r["nfe_mean"] == 1 and r["nfe_sample"] == 8  # the shared mean + 7 for the sampler
         for k in ("psnr_mean", "ssim_mean", "psnr_sample", "ssim_sample", "crps", "seconds_per_image"):
             assert np.isfinite(r[k])
         img = np.asarray(Image.open(out / r["image"]))
@@ -35,14 +35,25 @@ def test_demo_writes_one_panel_per_task_and_results(models_env, tmp_path, capsys
 
 
 def test_demo_nfe_counts_the_shared_mean(models_env, tmp_path):
-    """nfe = 20: the mean (1) + EDM Heun with 10 steps (19) -> 20 per sample."""
+    """nfe = 20: the mean (1) + the default sampler (DPM-Solver++(2M), 19 levels, 19 NFE) -> 20
+    per sample; the legacy EDM Heun never spends more than asked (2 N - 1)."""
+    import torch
+
     from exactpost.demo import run_demo
+    from exactpost.restoration import eps_restore
+    from exactpost.sampler_spec import DEFAULT
+    from exactpost.tasks import make_operator, simulate
 
     res = run_demo("tiny-32", tasks=["sr4"], n_images=1, n_samples=2, nfe=20, out=tmp_path / "d", progress=False)
     assert res["tasks"][0]["nfe_sample"] == 20
-    assert res["settings"]["sampler"]["heun_steps"] == 10
+    assert res["settings"]["sampler"]["sampler"] == DEFAULT.name and res["settings"]["sampler"]["levels"] == 19
     odd = run_demo("tiny-32", tasks=["sr4"], n_images=1, n_samples=2, nfe=7, out=tmp_path / "e", progress=False)
-    assert odd["tasks"][0]["nfe_sample"] == 6  # never more than asked: Heun spends 2 N - 1
+    assert odd["tasks"][0]["nfe_sample"] == 7
+    eps = zoo.find_model("tiny-32", "eps")
+    op = make_operator("sr4", 1, (3, 32, 32), generator=torch.Generator().manual_seed(0))
+    y = simulate(op, torch.zeros(1, 3, 32, 32), 0.05, generator=torch.Generator().manual_seed(1))
+    legacy = eps_restore(zoo.load(eps), eps.card, op, y, 0.05, "sr4", n_samples=1, nfe=7, sampler="legacy")
+    assert legacy.nfe_sample == 6 and legacy.settings["heun_steps"] == 3  # never more than asked
 
 
 def test_demo_is_reproducible_and_tasks_are_independent(models_env, tmp_path):

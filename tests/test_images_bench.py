@@ -112,13 +112,13 @@ def test_run_writes_the_table_and_its_numbers_recheck(models_env, tmp_path, caps
         assert r["fd"] is None  # the tiny family has no encoder
         assert r["cost_ratio"] == pytest.approx(r["seconds_per_image"] / doc["bare"][0]["seconds_per_image"])
     by = {(r["task"], r["method"]): r for r in rows}
-    assert by[("sr4", "eps")]["nfe_sample"] == 2 and by[("sr4", "eps")]["nfe_mean"] == 1
+    assert by[("sr4", "eps")]["nfe_sample"] == 3 and by[("sr4", "eps")]["nfe_mean"] == 1  # mean + 2 DPM++ levels
     assert "psnr_1nfe_mean" in by[("sr4", "eps")] and "psnr_1nfe_mean" not in by[("sr4", "ddnm")]
     assert by[("sr4", "dps")]["backward_passes"] == 3 and by[("sr4", "ddnm")]["backward_passes"] == 0
     md = (prefix.parent / "bench.md").read_text()
     assert "| task | method | NFE | PSNR | SSIM | CRPS | MMD | FD | s / image | cost ratio |" in md
     assert md.count("| sr4 |") == 3 and md.count("| inpaint-random |") == 3
-    assert "| sr4 | eps | 3 (2) |" in md and "| sr4 | dps | 3 (+3 bwd) |" in md
+    assert "| sr4 | eps | 3 |" in md and "| sr4 | dps | 3 (+3 bwd) |" in md
     assert "n/a" in md and "**" in md and doc["meta"]["command"] in md
     assert "mean of the 2 samples" in md
     assert "wrote bench.json, bench.md" in capsys.readouterr().out

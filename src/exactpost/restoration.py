@@ -28,7 +28,7 @@ import torch
 from .interpolants import EDM
 from .operators.base import LinearOperator
 from .posterior import EPSPosteriorDenoiser
-from .samplers import edm_heun, heun_steps_for_nfe
+from .sampler_spec import DEFAULT, LEGACY, SamplerSpec, parse_spec, with_start
 from .conditioning import build_conditioning, card_task_index
 
 SIGMA_MAX = 80.0
@@ -83,15 +83,16 @@ def _stats(samples: torch.Tensor) -> torch.Tensor:
     return samples.std(0, unbiased=True) if samples.shape[0] > 1 else torch.zeros(samples.shape[1:])
 
 
-def _draw(den: Callable[[torch.Tensor, Any], torch.Tensor], like: torch.Tensor, n_samples: int, steps: int,
-          sigma_max: float, generator: Optional[torch.Generator], init_mean: Optional[torch.Tensor],
+def _draw(den: Callable[[torch.Tensor, Any], torch.Tensor], like: torch.Tensor, n_samples: int, spec: SamplerSpec,
+          budget: int, sigma_max: float, generator: Optional[torch.Generator], init_mean: Optional[torch.Tensor],
           on_sample: Optional[Callable[[int], None]]) -> tuple[torch.Tensor, int]:
-    """``n_samples`` EDM Heun runs of ``den`` shaped like ``like`` [B, ...]: samples
-    [M, B, ...] and the NFE of one run (0 when M = 0)."""
+    """``n_samples`` runs of the sampler ``spec`` with at most ``budget`` evaluations of
+    ``den``, shaped like ``like`` [B, ...]: samples [M, B, ...] and the NFE of one run (0 when
+    M = 0)."""
     draws, nfe = [], 0
     for i in range(n_samples):
-        out = edm_heun(den, tuple(like.shape), steps=steps, sigma_max=sigma_max, generator=generator,
-                       init_mean=init_mean, dtype=like.dtype)
+        out = spec.run(den, tuple(like.shape), budget, sigma_max, generator=generator, init_mean=init_mean,
+                       dtype=like.dtype)
         draws.append(out.x0)
         nfe = out.nfe
         if on_sample is not None:
@@ -120,7 +121,7 @@ def _prepare(net: torch.nn.Module, card: dict, kind: str, op: LinearOperator, y:
 def eps_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor, sigma_y: float, task: str,
                 *, n_samples: int = 4, nfe: int = 20, generator: Optional[torch.Generator] = None,
                 sigma_max: float = SIGMA_MAX, on_sample: Optional[Callable[[int], None]] = None,
-                sigma_start: Optional[float] = None) -> Restoration:
+                sigma_start: Optional[float] = None, sampler: str | SamplerSpec | None = None) -> Restoration:
     """EPS posterior mean (1 NFE) and ``n_samples`` posterior samples of ``nfe`` NFE each.
 
     ``net`` is an EPS :class:`~exactpost.nets.EDMPrecond` and ``card`` its model card (for
@@ -132,7 +133,11 @@ def eps_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.T
     sigma_start only, so the same ``nfe`` buys finer steps. Exact only at sigma_start =
     sigma_max (there p(x_t | y) ~ N(mean, sigma_max^2 I)); below, p(x_t | y) is not Gaussian
     around the mean and the start is an approximation whose cost is measured by
-    ``benchmarks/ablations.py``."""
+    ``benchmarks/ablations.py``.
+
+    ``sampler``: a :class:`~exactpost.sampler_spec.SamplerSpec` or its text form (None: the
+    measured default :data:`~exactpost.sampler_spec.DEFAULT`; ``"legacy"``: EDM Heun, rho 7,
+    as before issue 21); it gets ``nfe - 1`` evaluations."""
     t0 = time.perf_counter()
     tid, syv, cond = _prepare(net, card, "eps", op, y, sigma_y, task, n_samples, nfe, minimum_nfe=2)
     start = sigma_max if sigma_start is None else float(sigma_start)
@@ -144,20 +149,26 @@ def eps_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.T
 
     den = EPSPosteriorDenoiser(network, op, y, sigma_y, EDM(), cond=cond)
     mean = den.posterior_mean(sigma_max, generator, y.dtype)
-    steps = heun_steps_for_nfe(nfe - 1)
-    samples, nfe_sample = _draw(den, mean, n_samples, steps, start, generator, mean, on_sample)
+    spec = parse_spec(sampler) if sampler is not None else DEFAULT
+    if sigma_start is not None:
+        spec = with_start(spec, start)
+    samples, nfe_sample = _draw(den, mean, n_samples, spec, nfe - 1, sigma_max, generator, mean, on_sample)
+    start = min(spec.start or sigma_max, sigma_max)
     return Restoration(mean, samples, _stats(samples), 1, nfe_sample + 1 if n_samples else 0,
                        time.perf_counter() - t0, "eps",
-                       dict(sampler="edm_heun", heun_steps=steps, sigma_max=sigma_max, sigma_start=start,
+                       dict(_sampler_settings(spec, nfe - 1), sigma_max=sigma_max, sigma_start=start,
                             start="posterior mean"))
 
 
 @torch.no_grad()
 def palette_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor, sigma_y: float, task: str,
                     *, n_samples: int = 4, nfe: int = 100, generator: Optional[torch.Generator] = None,
-                    sigma_max: float = SIGMA_MAX, on_sample: Optional[Callable[[int], None]] = None) -> Restoration:
-    """Palette: one call at sigma_max as the mean, and ``n_samples`` EDM Heun samples from
-    pure noise with ``nfe`` NFE each (the conditional network as a plain denoiser)."""
+                    sigma_max: float = SIGMA_MAX, on_sample: Optional[Callable[[int], None]] = None,
+                    sampler: str | SamplerSpec | None = None) -> Restoration:
+    """Palette: one call at sigma_max as the mean, and ``n_samples`` samples from pure noise
+    with ``nfe`` NFE each (the conditional network as a plain denoiser), by ``sampler`` (None:
+    EDM Heun, rho 7, :data:`~exactpost.sampler_spec.LEGACY`; the EPS default was chosen for
+    EPS and is not measured for Palette)."""
     t0 = time.perf_counter()
     tid, syv, cond = _prepare(net, card, "palette", op, y, sigma_y, task, n_samples, nfe, minimum_nfe=1)
 
@@ -167,7 +178,17 @@ def palette_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: tor
     shape = (y.shape[0],) + tuple(op.in_shape)
     e = torch.randn(shape, generator=generator, dtype=y.dtype)
     mean = den(sigma_max * e, sigma_max)
-    steps = heun_steps_for_nfe(nfe)
-    samples, nfe_sample = _draw(den, mean, n_samples, steps, sigma_max, generator, None, on_sample)
+    spec = parse_spec(sampler) if sampler is not None else LEGACY
+    samples, nfe_sample = _draw(den, mean, n_samples, spec, nfe, sigma_max, generator, None, on_sample)
     return Restoration(mean, samples, _stats(samples), 1, nfe_sample, time.perf_counter() - t0, "palette",
-                       dict(sampler="edm_heun", heun_steps=steps, sigma_max=sigma_max, start="noise"))
+                       dict(_sampler_settings(spec, nfe), sigma_max=sigma_max, start="noise"))
+
+
+def _sampler_settings(spec: SamplerSpec, budget: int) -> dict[str, Any]:
+    """What a Restoration records about its sampler: the spec's text form and its number of
+    positive noise levels at ``budget`` (for Heun also ``heun_steps``, as before)."""
+    levels = spec.levels_for_nfe(budget)
+    out: dict[str, Any] = dict(sampler=spec.name, levels=levels)
+    if spec.solver == "heun":
+        out["heun_steps"] = levels
+    return out

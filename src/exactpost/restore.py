@@ -148,19 +148,23 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
 def restore_measurement(method: str, net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor,
                         sigma_y: float, task: str, *, n_samples: int = 4, nfe: int = 20,
                         generator: Optional[torch.Generator] = None,
-                        settings: Optional[dict] = None) -> Restoration:
+                        settings: Optional[dict] = None, sampler: Optional[str] = None) -> Restoration:
     """One interface for every method: ``eps`` and ``palette`` take their trained network
     and card; every zero-shot baseline of :mod:`exactpost.baselines` takes the prior network
     (``card`` unused) and optional ``settings`` (e.g. tuned step sizes; an error for the
     trained methods). Returns a :class:`~exactpost.restoration.Restoration` (mean, samples
-    [M, B, ...], std, NFE)."""
+    [M, B, ...], std, NFE). ``sampler``: the sampler spec of ``eps``/``palette``
+    (:mod:`exactpost.sampler_spec`; None: their defaults; an error for the baselines)."""
     g = generator
+    if sampler is not None and method not in TRAINED_METHODS:
+        raise ValueError(f"{method} has its own sampler; a sampler spec applies to eps and palette only")
     if settings and method in TRAINED_METHODS:
         raise ValueError(f"{method} takes no baseline settings (got {sorted(settings)})")
     if method == "eps":
-        return eps_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g)
+        return eps_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g, sampler=sampler)
     if method == "palette":
-        return palette_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g)
+        return palette_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g,
+                               sampler=sampler)
     from .baselines_restore import baseline_restore
 
     return baseline_restore(method, net, op, y, sigma_y, n_samples=n_samples, nfe=nfe, generator=g, task=task,

@@ -8,7 +8,8 @@ as ``exactpost demo`` and ``benchmarks/model_quality.py`` draw them (one generat
 so every method sees the same y, and the numbers are comparable with the model-quality table.
 Then for every cell (task, method, NFE budget) the N images are restored in batches of
 ``--batch`` by :func:`exactpost.restore.restore_measurement` (``eps``: the EPS network, the
-1-NFE posterior mean and EDM Heun from it; ``palette``: the Palette network; every zero-shot
+1-NFE posterior mean and the ``--eps-sampler`` (default :data:`exactpost.sampler_spec.DEFAULT`)
+from it; ``palette``: the Palette network; every zero-shot
 baseline on the prior network, with the step sizes tuned on validation images, the
 ``benchmarks/results/baseline_tuning*.json`` tuned for this prior when there is one), K =
 ``--samples`` posterior samples per image. Default budgets (the paper's protocol): EPS at 20
@@ -90,6 +91,7 @@ import torch
 
 from .. import argtypes, zoo
 from ..imageio import save_text, write_atomic
+from ..sampler_spec import DEFAULT, LEGACY, parse_spec
 from .gmm_bench import derived_seed
 from .records import RecordLog, header_difference, json_safe, read_header
 
@@ -162,6 +164,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="output prefix: PREFIX.json, PREFIX.md, the cache PREFIX.cache/ "
                              "(default benchmarks/results/bench_images_<family>)")
+    parser.add_argument("--eps-sampler", default=None, metavar="SPEC",
+                        help="sampler of the eps cells (exactpost.sampler_spec, e.g. 'dpmpp2m:loglinear:smin=0.01'; "
+                             "'legacy': EDM Heun rho 7, the sampler of the runs before issue 21; default: the "
+                             "measured default)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard a cache made with a different fingerprint instead of stopping (default: stop)")
     parser.add_argument("--merge", action="append", default=[], metavar="PREFIX",
@@ -204,6 +210,7 @@ class BenchConfig:
     progress: bool = True
     methods_given: bool = False
     merge: list[str] = field(default_factory=list)
+    eps_sampler: Optional[str] = None  # spec name; None: sampler_spec.DEFAULT
 
     def budgets(self, method: str) -> list[int]:
         """The NFE budgets of ``method`` (ascending)."""
@@ -233,6 +240,8 @@ class BenchConfig:
             parts += ["--test-split", ",".join(map(str, self.test_split))]
         if self.tuned is not None:
             parts += ["--tuned", self.tuned]
+        if self.eps_sampler is not None:
+            parts += ["--eps-sampler", self.eps_sampler]
         parts += ["--out", self.out]
         for other in self.merge:
             parts += ["--merge", other]
@@ -267,6 +276,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                       test_split=args.test_split, tuned=args.tuned, fresh=bool(args.fresh), threads=args.threads,
                       progress=not args.no_progress, methods_given=args.methods is not None,
                       merge=list(getattr(args, "merge", None) or []))
+    if getattr(args, "eps_sampler", None) is not None:
+        cfg.eps_sampler = parse_spec(args.eps_sampler).name
     for m in methods:
         low = min(cfg.budgets(m))
         need = MIN_NFE.get(m, 2)
@@ -525,7 +536,14 @@ class Setup:
         return dict(protocol=PROTOCOL_VERSION, family=self.family,
                     models={k: (e.card.get("sha256") if e is not None else None) for k, e in self.entries.items()},
                     data_sha256=self.data["sha256"], images=cfg.images, samples=cfg.samples, batch=cfg.batch,
-                    seed=cfg.seed, sigma_y=cfg.sigma_y, tuned=self.tuned)
+                    seed=cfg.seed, sigma_y=cfg.sigma_y, tuned=self.tuned, **self.sampler_fingerprint())
+
+    def sampler_fingerprint(self) -> dict[str, Any]:
+        """{eps_sampler: spec} when the eps cells use a sampler other than the legacy EDM Heun
+        (so caches of earlier runs stay valid with ``--eps-sampler legacy`` and are never mixed
+        with cells of another sampler); {} otherwise."""
+        spec = parse_spec(self.cfg.eps_sampler) if self.cfg.eps_sampler is not None else DEFAULT
+        return {} if spec == LEGACY else dict(eps_sampler=spec.name)
 
 
 def find_encoder(model: str) -> tuple[Any, str]:
@@ -587,8 +605,9 @@ def restore_batch(setup: Setup, cell: Cell, op, y: torch.Tensor, g: torch.Genera
     net = setup.net(kind)
     card = setup.entries[kind].card
     settings = dict(setup.tuned.get(method, {}).get(cell.task, {})) if kind == "prior" else {}
+    sampler = setup.cfg.eps_sampler if method == "eps" else None
     return restore_measurement(method, net, card, op, y, setup.cfg.sigma_y, cell.task, n_samples=setup.cfg.samples,
-                               nfe=cell.nfe, generator=g, settings=settings), settings
+                               nfe=cell.nfe, generator=g, settings=settings, sampler=sampler), settings
 
 
 def score_cell(setup: Setup, samples: torch.Tensor, net_mean: Optional[torch.Tensor]) -> dict[str, Any]:
@@ -864,7 +883,7 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
            if enc else f"- FD: n/a ({setup.encoder_note})."),
           f"- NFE: the budget; in parentheses the network evaluations a sample actually used where they differ "
           f"(EDM Heun spends 2N - 1; EPS counts its shared 1-NFE mean) and backward passes through the network "
-          f"per sample.",
+          f"per sample. EPS sampler: {cfg.eps_sampler or DEFAULT.name} (exactpost.sampler_spec).",
           f"- s / image: wall time of all {cfg.samples} samples (and the method's 1-NFE mean where it has one) "
           f"divided by the images; one process, {meta['threads']} thread(s), on a machine possibly running "
           f"other work: single timings, not medians.",
@@ -1027,3 +1046,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
