@@ -186,7 +186,7 @@ class DiffusersUNetDenoiser(nn.Module):
         inp = (a * x).to(dtype)
         if cond is not None:
             inp = torch.cat([inp, cond.to(dtype)], dim=1)
-        t = self.schedule.timestep(s)
+        t = self.schedule.timestep(s.cpu())  # the sigma table lives on the CPU
         t = t.round().long() if self.unet.config.time_embedding_type == "learned" else t.to(torch.float32)
         out = self.unet(inp, t.to(x.device), class_labels=self._labels(task_id, x.shape[0], x.device),
                         return_dict=False)[0]
