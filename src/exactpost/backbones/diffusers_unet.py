@@ -182,7 +182,7 @@ class DiffusersUNetDenoiser(nn.Module):
         self._check(x, cond)
         s = _sigma_vector(sigma, x.shape[0], x)
         a = (1.0 / (1.0 + s**2).sqrt()).to(x.dtype).reshape(-1, 1, 1, 1)
-        dtype = self.unet.dtype
+        dtype = self.unet.conv_in.weight.dtype  # not unet.dtype: diffusers walks every module for it
         inp = (a * x).to(dtype)
         if cond is not None:
             inp = torch.cat([inp, cond.to(dtype)], dim=1)
