@@ -116,7 +116,8 @@ def test_cost_quick_run_and_memory_child(models_env, tmp_path, capsys):
     rows = {r["method"]: r for r in res["rows"]}
     assert list(rows) == ["bare", "eps", "palette", "ddnm"]  # bare is added as the reference
     assert rows["bare"]["ratio"] == pytest.approx(1.0)
-    assert rows["bare"]["nfe"] == rows["eps"]["nfe"] == rows["palette"]["nfe"] == 2  # 1 call + 1-NFE Heun
+    assert rows["bare"]["nfe"] == rows["palette"]["nfe"] == 2  # 1 call + 1-NFE Heun
+    assert rows["eps"]["nfe"] == 3  # the mean + 2 levels of the default DPM-Solver++(2M): the whole budget
     assert rows["ddnm"]["nfe"] == 3 and all(len(r["runs"]) == 2 for r in rows.values())
     assert "| eps |" in (out / "cost.md").read_text()
     capsys.readouterr()
