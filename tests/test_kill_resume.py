@@ -12,7 +12,7 @@ The three moments:
   first byte of a checkpoint and its rename; the half-written temporary file stays behind.
 
 So that every moment comes before the run ends on a busy machine, the killed runs use a slow
-disk: a ``sitecustomize`` module in their ``PYTHONPATH`` makes every ``os.fsync`` take 0.3 s
+disk: a ``sitecustomize`` module in their ``PYTHONPATH`` makes every ``os.fsync`` take 0.5 s
 longer (the command and the code are unchanged), so each checkpoint takes seconds. The
 reruns and the uninterrupted run use the ordinary disk. A tiny eps network (8x8 images, widths 8/16, dropout, fp32) on 16
 synthetic images keeps every process to a few seconds.
@@ -49,6 +49,9 @@ if _delay > 0:
         _fsync(fd)
     os.fsync = fsync
 '''
+#: a guard against a hang only: every wait ends on progress, and nice-19 processes behind busy
+#: training jobs were measured to need > 300 s to start four Python processes and log a step
+PATIENCE = 1800
 MOMENTS = ("before the first checkpoint", "at a random moment", "during a checkpoint write")
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
@@ -71,7 +74,7 @@ def environment(slow_disk: Path | None = None) -> dict:
     path = [SRC] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     if slow_disk is not None:
         path.insert(0, str(slow_disk))
-        env["EXACTPOST_TEST_FSYNC_DELAY"] = "0.3"
+        env["EXACTPOST_TEST_FSYNC_DELAY"] = "0.5"
     env["PYTHONPATH"] = os.pathsep.join(path)
     return env
 
@@ -139,7 +142,7 @@ def test_sigkill_at_three_moments_then_the_same_command_gives_the_uninterrupted_
     victims = {m: subprocess.Popen(command(data, runs[m]), env=environment(slow), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL) for m in MOMENTS}
     seen: dict[str, dict] = {}
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + PATIENCE
     try:
         while len(seen) < len(MOMENTS):
             for m, victim in victims.items():
@@ -152,7 +155,7 @@ def test_sigkill_at_three_moments_then_the_same_command_gives_the_uninterrupted_
                     seen[m] = dict(step=state_step(runs[m]), temporary=tmp, logged=logged_steps(runs[m])[-1:])
                 else:
                     assert victim.poll() is None, f"{m}: the run ended (rc {victim.returncode}) before the kill"
-            assert time.monotonic() < deadline, f"not every moment came within 300 s: killed {sorted(seen)}"
+            assert time.monotonic() < deadline, f"not every moment came within {PATIENCE} s: killed {sorted(seen)}"
             time.sleep(0.002)
     finally:
         for victim in victims.values():
@@ -168,9 +171,9 @@ def test_sigkill_at_three_moments_then_the_same_command_gives_the_uninterrupted_
     reruns = {m: subprocess.Popen(command(data, runs[m]), env=environment(), stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True) for m in MOMENTS}
     for m, rerun in reruns.items():
-        _, err = rerun.communicate(timeout=300)
+        _, err = rerun.communicate(timeout=PATIENCE)
         assert rerun.returncode == 0, f"{m}: the rerun failed: {err}"
-    _, err = uninterrupted.communicate(timeout=300)
+    _, err = uninterrupted.communicate(timeout=PATIENCE)
     assert uninterrupted.returncode == 0, err
 
     a = weights(full)
