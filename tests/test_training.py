@@ -145,7 +145,7 @@ def test_steps_on_a_fixed_batch_lower_its_loss(data, objective):
     x0 = torch.rand(8, 3, SIZE, SIZE, generator=g) * 2 - 1
     batch = make_batch(spec, x0, g)
     if objective != "prior":
-        assert batch.cond is not None and batch.cond.shape[1] == 4 and batch.task_id is not None
+        assert batch.cond is not None and batch.cond.shape[1] == 7 and batch.task_id is not None
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     losses = []
     for _ in range(11):
