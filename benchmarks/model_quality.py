@@ -89,7 +89,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         row.update(eps_mean_psnr=float(psnr(res.mean, test).mean()), eps_mean_ssim=float(ssim(res.mean, test).mean()),
                    eps_crps=float(crps(res.samples, test).mean()), eps_nfe=res.nfe_sample,
                    eps_sample_psnr=float(torch.stack([psnr(s, test) for s in res.samples]).mean()),
-                   eps_seconds_per_image=res.seconds / len(test))
+                   eps_seconds_per_image=res.seconds / len(test), eps_sampler=res.settings)
         if pal_net is not None:
             pres = palette_restore(pal_net, pal_entry.card, op, y, args.sigma_y, task, n_samples=4, nfe=100,
                                    generator=g)
