@@ -115,3 +115,24 @@ def test_unsupported_scheduler_and_bad_steps_are_refused():
         make_scheduler("PNDMScheduler", BASE)
     with pytest.raises(ValueError, match="positive integer"):
         scheduler_sample(lambda x, t: x, make_scheduler("DDIMScheduler", BASE), (1, 2), steps=0)
+
+
+def test_cost_benchmark_runs_and_writes_its_tables(tmp_path):
+    """Smoke test of benchmarks/diffusers_cost.py (tiny network; its timings mean nothing)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "diffusers_cost.py"
+    spec = importlib.util.spec_from_file_location("bench_diffusers_cost", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = torch.get_num_threads()
+    try:
+        rows = mod.main(["--arch", "tiny", "--tasks", "sr4,inpaint-box", "--steps", "2", "--repeats", "1",
+                         "--batch", "2", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(n)
+    assert [r["task"] for r in rows] == ["sr4", "inpaint-box"] and all(r["ratio"] > 0 for r in rows)
+    assert json.loads((tmp_path / "diffusers_cost_tiny.json").read_text())["meta"]["arch"] == "tiny"
+    assert "| sr4 |" in (tmp_path / "diffusers_cost_tiny.md").read_text()
