@@ -477,7 +477,8 @@ def cmd_restore(args: argparse.Namespace, argv: Sequence[str]) -> int:
         torch.set_num_threads(args.threads)
     info = run_restore(args.input, args.task, model=args.model, method=args.method, simulate_input=args.simulate,
                        mask=args.mask, kernel=args.kernel, n_samples=args.samples, nfe=args.nfe,
-                       sigma_y=args.sigma_y, seed=args.seed, out=args.out, overwrite=args.overwrite)
+                       sigma_y=args.sigma_y, seed=args.seed, out=args.out, overwrite=args.overwrite,
+                       scheduler=args.scheduler)
     for notice in info["notices"]:
         print(f"notice: {notice}")
     mean = f"posterior mean ({info['nfe_mean']} NFE)" if info["nfe_mean"] else "the samples' mean"
@@ -571,6 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sigma-y", type=argtypes.float_range(0.0), default=0.05,
                    help="measurement noise std on [-1, 1] images, >= 0")
     r.add_argument("--seed", type=argtypes.seed(), default=0, help="random seed, 0..4294967295")
+    r.add_argument("--scheduler", default=None, metavar="NAME",
+                   help="sample eps/palette with a diffusers model's own scheduler instead of exactpost's sampler "
+                        "(--model must be a diffusers folder): own (the class in its scheduler_config.json), ddpm, "
+                        "ddim, euler, euler-ancestral, dpmsolver or unipc, built from the model's scheduler config; "
+                        "--nfe sets the steps (eps: nfe - 1 steps after the 1-NFE mean) (default: exactpost's sampler)")
     r.add_argument("--out", default="exactpost-restore", help="output folder (must be new or empty unless "
                                                               "--overwrite)")
     r.add_argument("--overwrite", action="store_true",

@@ -83,10 +83,13 @@ def _operator_for_measurement(task: str, size: int, mask: Optional[str], kernel:
 def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method: str = "eps",
                 simulate_input: bool = False, mask: Optional[str] = None, kernel: Optional[str] = None,
                 n_samples: int = 4, nfe: Optional[int] = None, sigma_y: float = 0.05, seed: int = 0,
-                out: str = "exactpost-restore", overwrite: bool = False) -> dict[str, Any]:
+                out: str = "exactpost-restore", overwrite: bool = False,
+                scheduler: Optional[str] = None) -> dict[str, Any]:
     """Restore ``image`` (see the module docstring); returns the JSON written to
     ``restore.json``. Raises :class:`InputError`/``ValueError`` (one line) before writing
-    anything when an input is wrong."""
+    anything when an input is wrong. ``scheduler``: sample eps/palette with a diffusers
+    model's own scheduler (:mod:`exactpost.backbones.scheduler_restore`; ``--model`` must be
+    a diffusers folder); None: exactpost's samplers."""
     t0 = time.perf_counter()
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(task_names())}")
@@ -100,9 +103,23 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     nfe = nfe if nfe is not None else (20 if method == "eps" else 100)
     if nfe < 2:
         raise InputError(f"--nfe must be >= 2, got {nfe}")
+    if scheduler is not None:
+        from .backbones.scheduler_restore import check_scheduler_name  # pure Python (no diffusers import)
+
+        check_scheduler_name(scheduler)
+        if method not in TRAINED_METHODS:
+            raise InputError(f"--scheduler drives eps and palette; {method} has its own sampler (drop --scheduler)")
     out_dir = check_output_dir(out, overwrite=overwrite)
     kind = method if method in TRAINED_METHODS else "prior"
     entry = zoo.find_model(model, kind)
+    sched = None
+    if scheduler is not None:
+        if not zoo.is_diffusers(entry):
+            raise InputError(f"--scheduler drives a diffusers model's own scheduler; {model} is not a diffusers folder "
+                             f"(drop --scheduler to use exactpost's sampler)")
+        from .backbones.scheduler_restore import load_scheduler
+
+        sched = load_scheduler(entry.path, scheduler)
     net = zoo.load(entry)
     size = net.config.image_size
     g = torch.Generator().manual_seed(seed)
@@ -121,13 +138,15 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     check_fits(n_samples * 3 * size * size * 8, f"{n_samples} samples of 3x{size}x{size}",
                "ask for fewer samples (--samples)")
     res = restore_measurement(method, net, entry.card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe,
-                              generator=g)
+                              generator=g, scheduler=sched)
     info: dict[str, Any] = dict(
         input=str(image), task=task, mode="simulate" if simulate_input else "measurement", mask=mask, kernel=kernel,
         model=entry.name, model_kind=kind, model_sha256=entry.card.get("sha256"), method=method,
         n_samples=n_samples, nfe_requested=nfe, nfe_mean=res.nfe_mean, nfe_sample=res.nfe_sample,
         sigma_y=sigma_y, seed=seed, image_size=size, sampler=res.settings, std_white=STD_WHITE, notices=notices,
     )
+    if scheduler is not None:
+        info["scheduler"] = scheduler
     if truth is not None:
         info["scores"] = score(res, truth)
     # every input is valid: only now write, all files or none (a full disk leaves out_dir as it was)
@@ -148,14 +167,26 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
 def restore_measurement(method: str, net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor,
                         sigma_y: float, task: str, *, n_samples: int = 4, nfe: int = 20,
                         generator: Optional[torch.Generator] = None,
-                        settings: Optional[dict] = None, sampler: Optional[str] = None) -> Restoration:
+                        settings: Optional[dict] = None, sampler: Optional[str] = None,
+                        scheduler: Any = None) -> Restoration:
     """One interface for every method: ``eps`` and ``palette`` take their trained network
     and card; every zero-shot baseline of :mod:`exactpost.baselines` takes the prior network
     (``card`` unused) and optional ``settings`` (e.g. tuned step sizes; an error for the
     trained methods). Returns a :class:`~exactpost.restoration.Restoration` (mean, samples
     [M, B, ...], std, NFE). ``sampler``: the sampler spec of ``eps``/``palette``
-    (:mod:`exactpost.sampler_spec`; None: their defaults; an error for the baselines)."""
+    (:mod:`exactpost.sampler_spec`; None: their defaults; an error for the baselines).
+    ``scheduler``: a diffusers scheduler object that samples ``eps``/``palette`` on a
+    diffusers backbone instead (:func:`exactpost.backbones.scheduler_restore.scheduler_restore`)."""
     g = generator
+    if scheduler is not None:
+        if sampler is not None:
+            raise ValueError("give a sampler spec or a diffusers scheduler, not both")
+        if settings:
+            raise ValueError(f"{method} takes no baseline settings (got {sorted(settings)})")
+        from .backbones.scheduler_restore import scheduler_restore
+
+        return scheduler_restore(method, net, card, scheduler, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe,
+                                 generator=g)
     if sampler is not None and method not in TRAINED_METHODS:
         raise ValueError(f"{method} has its own sampler; a sampler spec applies to eps and palette only")
     if settings and method in TRAINED_METHODS:

@@ -139,6 +139,11 @@ def find_model(name: str, kind: str = "eps", root: Path | None = None) -> ModelE
     return ModelEntry(name, kind, root / name / kind, _read_card(card))
 
 
+def is_diffusers(entry: ModelEntry) -> bool:
+    """Whether ``entry`` is a diffusers UNet2DModel folder (pure Python, no diffusers import)."""
+    return _diffusers_folder(entry.path)
+
+
 def load(entry: ModelEntry) -> torch.nn.Module:
     """The network of ``entry`` (an :class:`~exactpost.nets.EDMPrecond`, eval mode)."""
     if _diffusers_folder(entry.path):
