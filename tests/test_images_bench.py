@@ -107,7 +107,8 @@ def test_run_writes_the_table_and_its_numbers_recheck(models_env, tmp_path, caps
         (t, m, 3) for t in ("sr4", "inpaint-random") for m in ("eps", "ddnm", "dps")]
     assert {b["nfe_budget"] for b in doc["bare"]} == {3}
     for r in rows:
-        for k in ("psnr", "ssim", "crps", "mmd2", "coverage90", "seconds_per_image", "cost_ratio"):
+        for k in ("psnr", "ssim", "crps", "mmd2", "coverage90", "coverage80", "spread_skill", "seconds_per_image",
+                  "cost_ratio"):
             assert np.isfinite(r[k]), (r["key"], k)
         assert r["fd"] is None  # the tiny family has no encoder
         assert r["cost_ratio"] == pytest.approx(r["seconds_per_image"] / doc["bare"][0]["seconds_per_image"])
@@ -116,7 +117,9 @@ def test_run_writes_the_table_and_its_numbers_recheck(models_env, tmp_path, caps
     assert "psnr_1nfe_mean" in by[("sr4", "eps")] and "psnr_1nfe_mean" not in by[("sr4", "ddnm")]
     assert by[("sr4", "dps")]["backward_passes"] == 3 and by[("sr4", "ddnm")]["backward_passes"] == 0
     md = (prefix.parent / "bench.md").read_text()
-    assert "| task | method | NFE | PSNR | SSIM | CRPS | MMD | FD | s / image | cost ratio |" in md
+    assert ("| task | method | NFE | PSNR | SSIM | CRPS | MMD | FD | cov80 (ref) | spread/skill | s / image "
+            "| cost ratio |") in md
+    assert all(r["coverage80_reference"] == pytest.approx(1 / 3) for r in rows)  # K = 2: [min, max], 1/3
     assert md.count("| sr4 |") == 3 and md.count("| inpaint-random |") == 3
     assert "| sr4 | eps | 3 |" in md and "| sr4 | dps | 3 (+3 bwd) |" in md
     assert "n/a" in md and "**" in md and doc["meta"]["command"] in md
@@ -143,9 +146,16 @@ def test_run_writes_the_table_and_its_numbers_recheck(models_env, tmp_path, caps
         assert r["psnr"] == pytest.approx(float(psnr(samples.mean(0), x0).mean()), abs=1e-9)
         assert r["crps"] == pytest.approx(float(crps(samples, x0).mean()), abs=1e-9)
         assert r["mmd2"] == pytest.approx(_paired_mmd2_loops(samples[0].clamp(-1, 1), x0, bandwidth), abs=1e-9)
+        lo, hi = samples.double().min(0).values, samples.double().max(0).values  # K = 2: [X_(1), X_(2)]
+        assert r["coverage80"] == pytest.approx(float(((x0 >= lo) & (x0 <= hi)).double().mean()), abs=1e-12)
+        d = samples.double()
+        spread = math.sqrt(1.5 * float(((d[0] - d[1]) ** 2 / 2).mean()))  # (K+1)/K * unbiased variance, K = 2
+        skill = math.sqrt(float(((d.mean(0) - x0) ** 2).mean()))
+        assert r["spread_skill"] == pytest.approx(spread / skill, rel=1e-9)
         assert f"| {task} | {method} |" in md
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| {task} | {method} |"))
         assert f"{r['psnr']:.2f}" in line
+        assert f"| {r['coverage80']:.3f} (0.333) | {r['spread_skill']:.2f} |" in line
     z = x0.reshape(3, -1).double()
     assert bandwidth == pytest.approx(float(torch.pdist(z).median()))
 

@@ -313,3 +313,79 @@ def test_frechet_distance_fits_gaussians_to_features():
 def test_frechet_distance_rejects_mismatched_features():
     with pytest.raises(ValueError, match="same F"):
         frechet_distance(torch.zeros(4, 3), torch.zeros(4, 2))
+
+
+# --- calibration: rank interval coverage and spread/skill --------------------------------------
+
+def test_central_ranks_pick_the_closest_symmetric_interval():
+    from exactpost.metrics import central_ranks, exchangeable_coverage
+
+    assert central_ranks(4, 0.8) == (1, 4)
+    assert central_ranks(8, 0.8) == (1, 8)
+    assert central_ranks(16, 0.8) == (2, 15)
+    assert central_ranks(100, 0.8) == (10, 91)
+    assert exchangeable_coverage(4, 0.8) == pytest.approx(3 / 5)
+    assert exchangeable_coverage(8, 0.8) == pytest.approx(7 / 9)
+    assert exchangeable_coverage(16, 0.8) == pytest.approx(13 / 17)
+    # every candidate l is at least as far from the level as the chosen one
+    for m in range(2, 40):
+        lo, hi = central_ranks(m, 0.8)
+        assert hi == m + 1 - lo and 1 <= lo < hi <= m
+        best = abs(exchangeable_coverage(m, 0.8) - 0.8)
+        assert all(abs((m + 1 - 2 * l) / (m + 1) - 0.8) >= best - 1e-12 for l in range(1, m // 2 + 1))
+    with pytest.raises(ValueError, match="M >= 2"):
+        central_ranks(1, 0.8)
+    with pytest.raises(ValueError, match="level"):
+        central_ranks(8, 1.0)
+
+
+@pytest.mark.parametrize("m", [4, 8, 16])
+@pytest.mark.parametrize("dist", ["normal", "exponential"])
+def test_rank_interval_coverage_of_exchangeable_draws_matches_the_exact_reference(m, dist):
+    from exactpost.metrics import exchangeable_coverage, rank_interval_coverage
+
+    g = torch.Generator().manual_seed(m)
+    n = 200_000  # coordinates, each with its own M + 1 i.i.d. draws (the last one is the truth)
+    z = torch.randn(m + 1, n, generator=g, dtype=torch.float64)
+    if dist == "exponential":  # skewed: the reference does not depend on the distribution
+        z = -torch.log(torch.rand(m + 1, n, generator=g, dtype=torch.float64))
+    ref = exchangeable_coverage(m, 0.8)
+    cov = rank_interval_coverage(z[:m], z[m], 0.8)
+    se = math.sqrt(ref * (1 - ref) / n)  # ~0.001
+    assert abs(cov - ref) < 5 * se
+    # over-confident samples (half the spread) cover less, over-dispersed ones more
+    c = z[:m].mean(0)
+    assert rank_interval_coverage(c + 0.5 * (z[:m] - c), z[m], 0.8) < ref - 0.1
+    assert rank_interval_coverage(c + 2.0 * (z[:m] - c), z[m], 0.8) > ref + 0.1
+
+
+def test_rank_interval_coverage_is_closed_and_rejects_bad_shapes():
+    from exactpost.metrics import rank_interval_coverage
+
+    samples = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])  # M = 4 -> [min, max]
+    assert rank_interval_coverage(samples, torch.tensor([0.0, 3.0]), 0.8) == 1.0
+    assert rank_interval_coverage(samples, torch.tensor([-0.1, 3.5]), 0.8) == 0.0
+    with pytest.raises(ValueError, match="samples must be"):
+        rank_interval_coverage(samples, torch.zeros(3), 0.8)
+
+
+def test_spread_skill_by_hand_and_calibrated_for_exchangeable_draws():
+    from exactpost.metrics import spread_skill
+
+    # one coordinate, M = 2 samples 0 and 2 (mean 1, s^2 = 2), truth 4: spread sqrt(3/2 * 2), skill 3
+    out = spread_skill(torch.tensor([[0.0], [2.0]]), torch.tensor([4.0]))
+    assert out["spread"] == pytest.approx(math.sqrt(3.0))
+    assert out["skill"] == pytest.approx(3.0)
+    assert out["ratio"] == pytest.approx(math.sqrt(3.0) / 3.0)
+
+    g = torch.Generator().manual_seed(1)
+    m, n = 4, 200_000
+    mu = 2 * torch.randn(n, generator=g, dtype=torch.float64)  # per-coordinate posterior means
+    sd = 0.2 + 1.8 * torch.rand(n, generator=g, dtype=torch.float64)  # and posterior stds
+    truth = mu + sd * torch.randn(n, generator=g, dtype=torch.float64)
+    z = torch.randn(m, n, generator=g, dtype=torch.float64)
+    assert spread_skill(mu + sd * z, truth)["ratio"] == pytest.approx(1.0, abs=0.02)
+    # without the (M + 1)/M factor a calibrated ensemble would score sqrt(4/5) = 0.894: the test can tell
+    over = spread_skill(mu + 2 * sd * z, truth)["ratio"]  # expected 2 sqrt(5/4) / sqrt(1 + 4/4) = 1.58
+    assert over == pytest.approx(2 * math.sqrt(5 / 4) / math.sqrt(2.0), rel=0.03)
+    assert spread_skill(mu + 0.5 * sd * z, truth)["ratio"] < 0.7

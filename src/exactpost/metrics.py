@@ -31,6 +31,12 @@ Distribution-level scores:
     term leaves out the matched pairs (Gretton et al. 2012, eq. 4); use it for restorations.
 :func:`interval_coverage`: the fraction of reference values inside the samples' central
     credible interval of the given level (per coordinate, empirical quantiles).
+:func:`rank_interval_coverage` / :func:`exchangeable_coverage`: calibration of M samples
+    per coordinate: the coverage of the central order-statistic interval [X_(l), X_(M+1-l)]
+    (:func:`central_ranks`) and what a truth exchangeable with the M samples scores,
+    (M + 1 - 2 l) / (M + 1), exactly and for any continuous distribution.
+:func:`spread_skill`: sqrt((M+1)/M * mean sample variance) / RMSE of the sample mean; 1 for
+    samples exchangeable with the truth (calibrated), > 1 over-dispersed, < 1 over-confident.
 :func:`frechet_distance`: the Frechet (2-Wasserstein) distance between Gaussians fitted to
     two feature sets; with features from :mod:`exactpost.encoder` this is the project's
     "encoder Frechet distance" (not Inception FID: a small classifier trained here).
@@ -270,6 +276,69 @@ def interval_coverage(samples: torch.Tensor, ref: torch.Tensor, level: float = 0
     r = ref.detach().reshape(-1).to(torch.float64)
     q = torch.quantile(xs, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64), dim=0)
     return float(((r >= q[0]) & (r <= q[1])).double().mean())
+
+
+def central_ranks(m: int, level: float) -> tuple[int, int]:
+    """The 1-based ranks (l, u = M + 1 - l) of the symmetric order-statistic interval
+    [X_(l), X_(u)] of M samples whose exchangeable coverage (u - l) / (M + 1)
+    (:func:`exchangeable_coverage`) is closest to ``level``, l in 1..floor(M/2) (a tie goes to
+    the wider interval, smaller l). E.g. level 0.8: M = 4 -> (1, 4) (coverage 3/5), M = 8 ->
+    (1, 8) (7/9), M = 16 -> (2, 15) (13/17), M = 100 -> (10, 91) (81/101)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if m < 2:
+        raise ValueError(f"need M >= 2 samples for an interval, got {m}")
+    best = min(range(1, m // 2 + 1), key=lambda l: (abs((m + 1 - 2 * l) / (m + 1) - level), l))
+    return best, m + 1 - best
+
+
+def exchangeable_coverage(m: int, level: float) -> float:
+    """The probability that a truth T exchangeable with M samples X_1..X_M (e.g. T and the X
+    i.i.d. from one continuous distribution: T drawn from the posterior like the samples)
+    falls in [X_(l), X_(u)], (l, u) = :func:`central_ranks` (M, level): T's rank among the
+    M + 1 values is uniform on {1..M+1} (ties have probability 0), and T is inside iff
+    exactly l..u-1 of the X lie below it, so the probability is (u - l) / (M + 1)
+    = (M + 1 - 2 l) / (M + 1), whatever the distribution. This is the reference that
+    :func:`rank_interval_coverage` of a calibrated sampler matches (in expectation)."""
+    lo, hi = central_ranks(m, level)
+    return (hi - lo) / (m + 1)
+
+
+def rank_interval_coverage(samples: torch.Tensor, ref: torch.Tensor, level: float = 0.8) -> float:
+    """Fraction of the coordinates of ``ref`` [B, ...] inside [X_(l), X_(u)], the order
+    statistics of the M samples ``samples`` [M, B, ...] per coordinate with (l, u) =
+    :func:`central_ranks` (M, level) (no interpolation, so that the calibrated value,
+    :func:`exchangeable_coverage`, is exact and distribution-free; the interval is closed).
+    Samples are used as given (not clamped)."""
+    if samples.dim() < 2 or samples.shape[1:] != ref.shape or samples.shape[0] < 2:
+        raise ValueError(f"samples must be [M >= 2, *ref.shape], got {tuple(samples.shape)} and {tuple(ref.shape)}")
+    lo, hi = central_ranks(samples.shape[0], level)
+    xs = samples.detach().reshape(samples.shape[0], -1).to(torch.float64).sort(dim=0).values
+    r = ref.detach().reshape(-1).to(torch.float64)
+    return float(((r >= xs[lo - 1]) & (r <= xs[hi - 1])).double().mean())
+
+
+def spread_skill(samples: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """Spread/skill of M samples ``samples`` [M, B, ...] against the truth ``ref`` [B, ...],
+    over all P coordinates (pixels of all images), samples used as given (not clamped):
+
+        spread = sqrt( (M + 1)/M * (1/P) sum_p s_p^2 ),  s_p^2 = 1/(M-1) sum_m (x_mp - xbar_p)^2,
+        skill  = sqrt( (1/P) sum_p (xbar_p - t_p)^2 )      (RMSE of the sample mean xbar),
+        ratio  = spread / skill.
+
+    Why (M + 1)/M: if the truth t_p and the M samples are i.i.d. given y (a calibrated
+    sampler), E s_p^2 = v_p and E (xbar_p - t_p)^2 = v_p + v_p / M = (M + 1)/M v_p, so
+    E[spread^2] = E[skill^2] and the ratio tends to 1 as P grows; without the factor it would
+    tend to sqrt(M / (M + 1)) (0.89 at M = 4). ratio > 1: over-dispersed samples, < 1:
+    over-confident. Returns {"spread", "skill", "ratio"} (ratio nan when skill is 0)."""
+    if samples.dim() < 2 or samples.shape[1:] != ref.shape or samples.shape[0] < 2:
+        raise ValueError(f"samples must be [M >= 2, *ref.shape], got {tuple(samples.shape)} and {tuple(ref.shape)}")
+    m = samples.shape[0]
+    xs = samples.detach().reshape(m, -1).to(torch.float64)
+    r = ref.detach().reshape(-1).to(torch.float64)
+    spread = math.sqrt((m + 1) / m * float(xs.var(dim=0, unbiased=True).mean()))
+    skill = math.sqrt(float((xs.mean(0) - r).square().mean()))
+    return dict(spread=spread, skill=skill, ratio=spread / skill if skill > 0 else math.nan)
 
 
 def _sqrtm_psd(s: torch.Tensor) -> torch.Tensor:

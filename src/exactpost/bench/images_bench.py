@@ -43,6 +43,14 @@ Scores of a cell (images in [-1, 1], samples clamped to [-1, 1] as when saved as
 * ``coverage90``: the fraction of truth pixels inside the samples' central 90 % interval
   (:func:`~exactpost.metrics.interval_coverage`; with K = 4 even an exact sampler covers
   only about (K - 1)/(K + 1) = 60 %), in the JSON only;
+* calibration (``coverage80``, ``coverage80_reference``, ``spread_skill``, with ``spread``,
+  ``skill``; the table's "cov80 (ref)" and "spread/skill" columns), on the raw (unclamped)
+  samples: the coverage of the per-pixel central order-statistic interval of the K samples
+  nearest 80 % (:func:`~exactpost.metrics.rank_interval_coverage`), beside what a truth
+  exchangeable with the K samples scores, exactly (:func:`~exactpost.metrics.exchangeable_coverage`:
+  3/5 at K = 4, 7/9 at K = 8, 13/17 at K = 16); and the spread/skill ratio
+  sqrt((K+1)/K * mean sample variance) / RMSE of the sample mean over all pixels
+  (:func:`~exactpost.metrics.spread_skill`; 1 when calibrated, > 1 over-dispersed);
 * seconds per image (wall time of all K samples, and of the method's 1-NFE mean where it
   computes one, divided by N), the NFE actually spent per sample, the backward passes per
   sample, and the **cost ratio**: seconds per image divided by those of the bare sampler at
@@ -104,6 +112,7 @@ SWEEP_TASKS = ("inpaint-random", "sr4")
 #: smallest budget per method (the rest need 2: EPS's mean + one Heun step)
 MIN_NFE = {"daps": 5}
 LEVEL = 0.9
+CALIB_LEVEL = 0.8  # the calibration columns' central interval (metrics.central_ranks)
 SIGMA_MAX = 80.0
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_TUNED = REPO_ROOT / "benchmarks" / "results" / "baseline_tuning.json"
@@ -612,7 +621,8 @@ def restore_batch(setup: Setup, cell: Cell, op, y: torch.Tensor, g: torch.Genera
 
 def score_cell(setup: Setup, samples: torch.Tensor, net_mean: Optional[torch.Tensor]) -> dict[str, Any]:
     """The scores of one cell from its samples [K, N, C, H, W] (module docstring)."""
-    from ..metrics import crps, interval_coverage, mmd2_paired, psnr, ssim
+    from ..metrics import (crps, exchangeable_coverage, interval_coverage, mmd2_paired, psnr, rank_interval_coverage,
+                           spread_skill, ssim)
 
     x0 = setup.truth
     out: dict[str, Any] = {}
@@ -628,6 +638,10 @@ def score_cell(setup: Setup, samples: torch.Tensor, net_mean: Optional[torch.Ten
         out["ssim_1nfe_mean"] = float(ssim(net_mean, x0).mean()) if bool(torch.isfinite(net_mean).all()) else math.nan
     out["crps"] = float(crps(samples, x0).mean())
     out["coverage90"] = interval_coverage(samples, x0, LEVEL) if finite else math.nan
+    out["coverage80"] = rank_interval_coverage(samples, x0, CALIB_LEVEL) if finite else math.nan
+    out["coverage80_reference"] = exchangeable_coverage(samples.shape[0], CALIB_LEVEL)
+    ss = spread_skill(samples, x0) if finite else dict(spread=math.nan, skill=math.nan, ratio=math.nan)
+    out.update(spread=ss["spread"], skill=ss["skill"], spread_skill=ss["ratio"])
     first = samples[0].clamp(-1, 1)
     out["mmd2"] = mmd2_paired(first, x0, setup.bandwidth) if finite else math.nan
     out["mmd_bandwidth"] = setup.bandwidth
@@ -823,6 +837,13 @@ def _nfe_label(r: dict[str, Any]) -> str:
     return s + (f" ({' '.join(extra)})" if extra else "")
 
 
+def _calibration_cells(r: dict[str, Any]) -> list[str]:
+    """The "cov80 (ref)" and "spread/skill" cells of a row ("-" where not recorded)."""
+    cov, ref, ss = r.get("coverage80"), r.get("coverage80_reference"), r.get("spread_skill")
+    ok = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    return [f"{cov:.3f} ({ref:.3f})" if ok(cov) and ok(ref) else "-", f"{ss:.2f}" if ok(ss) else "-"]
+
+
 def _best(rows: list[dict[str, Any]], field_: str, higher: bool) -> Optional[float]:
     vals = [r[field_] for r in rows if isinstance(r.get(field_), (int, float)) and math.isfinite(r[field_])]
     if len(vals) < 2:
@@ -850,8 +871,8 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
          + (f" with the step sizes tuned on validation images at NFE 100 ({Path(setup.tuned_path).name}; "
             f"used at every budget)"
             if setup.tuned_path else " with the registry's default settings") + ".", "",
-         "| task | method | NFE | PSNR | SSIM | CRPS | MMD | FD | s / image | cost ratio |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         "| task | method | NFE | PSNR | SSIM | CRPS | MMD | FD | cov80 (ref) | spread/skill | s / image | cost ratio |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for task in cfg.tasks:
         group = [r for r in rows if r["task"] == task]
         bests = {f: _best(group, f, hi) for f, _, _, hi in COLUMNS}
@@ -867,7 +888,7 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
                     s = s[1:]  # no "-0.0000"
                 cells.append(f"**{s}**" if bests[f] is not None and v == bests[f] else s)
             ratio = f"{r['cost_ratio']:.2f}x" if r.get("cost_ratio") is not None else "-"
-            L.append(f"| {task} | {r['method']} | {_nfe_label(r)} | " + " | ".join(cells)
+            L.append(f"| {task} | {r['method']} | {_nfe_label(r)} | " + " | ".join(cells + _calibration_cells(r))
                      + f" | {r['seconds_per_image']:.3f} | {ratio} |")
     L += ["", "Columns (images in [-1, 1], samples clamped to [-1, 1]; best per task in bold):", "",
           f"- PSNR (dB, data range 2) and SSIM of the posterior-mean estimate: the mean of the {cfg.samples} "
@@ -881,6 +902,11 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
           (f"- FD: Frechet distance between encoder features ({enc}) of the first sample of every image and of "
            f"the truth images; biased upward at small N, compare within this table only. Lower is better."
            if enc else f"- FD: n/a ({setup.encoder_note})."),
+          f"- cov80 (ref): per-pixel coverage of the central order-statistic interval of the {cfg.samples} raw "
+          f"samples nearest 80 %, and in parentheses what a truth exchangeable with them (a calibrated sampler) "
+          f"scores, exactly (metrics.exchangeable_coverage). spread/skill: sqrt((K+1)/K * mean sample variance) / "
+          f"RMSE of the sample mean, K = {cfg.samples}, over all pixels (1 = calibrated, > 1 over-dispersed, "
+          f"< 1 over-confident). '-': a cell cached before these were recorded.",
           f"- NFE: the budget; in parentheses the network evaluations a sample actually used where they differ "
           f"(EDM Heun spends 2N - 1; EPS counts its shared 1-NFE mean) and backward passes through the network "
           f"per sample. EPS sampler: {cfg.eps_sampler or DEFAULT.name} (exactpost.sampler_spec).",
