@@ -6,6 +6,8 @@
 
 Images (32x32, in [-1, 1]), ``--n`` of each kind:
 
+* ``own test images``: the bundled test-split images of the model's own kind (the
+  in-distribution reference the other sets are read against);
 * ``patterns``: synthetic images no face or CIFAR photo looks like -- checkerboards, stripes
   at several angles and frequencies, colour gradients, discs and rectangles on flat
   backgrounds, white noise (drawn from a fixed seed);
@@ -133,7 +135,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = exactpost.load(args.model)
     size = model.image_shape[-1]
-    sets = {"patterns": patterns(args.n, size, args.seed)}
+    # in-distribution reference: the bundled test-split images of the model's own kind
+    sets = {"own test images (in distribution)": model.demo_images()[: args.n],
+            "patterns": patterns(args.n, size, args.seed)}
     if args.photos:
         split = None if args.photos_split is None else [args.photos_split]
         sets[f"photos ({Path(args.photos).name})"] = to_float(
