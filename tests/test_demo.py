@@ -56,6 +56,16 @@ def test_demo_nfe_counts_the_shared_mean(models_env, tmp_path):
     assert legacy.nfe_sample == 6 and legacy.settings["heun_steps"] == 3  # never more than asked
 
 
+def test_demo_sampler_option_is_used_and_written_down(models_env, tmp_path, capsys):
+    rc = main(["demo", "--model", "tiny-32", "--tasks", "sr4", "--images", "1", "--samples", "2", "--nfe", "5",
+               "--sampler", "legacy", "--out", str(tmp_path / "d"), "--no-progress"])
+    assert rc == 0
+    res = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert res["settings"]["sampler"]["sampler"] == "heun:karras:rho=7:smin=0.002"
+    assert res["tasks"][0]["nfe_sample"] == 4  # the mean + Heun with 2 levels (3 NFE): never more than asked
+    assert "sampler heun:karras:rho=7:smin=0.002 from the 1-NFE posterior mean" in (tmp_path / "d" / "results.md").read_text()
+
+
 def test_demo_is_reproducible_and_tasks_are_independent(models_env, tmp_path):
     from exactpost.demo import run_demo
 
@@ -75,6 +85,8 @@ def test_demo_is_reproducible_and_tasks_are_independent(models_env, tmp_path):
     (["--model", "tiny-32", "--samples", "1"], "--samples must be >= 2"),
     (["--model", "tiny-32", "--nfe", "1"], "--nfe must be >= 2"),
     (["--model", "tiny-32", "--images", "99"], "only 6 demo images"),
+    (["--model", "tiny-32", "--sampler", "dpmpp2m:cosine"], "'cosine' is neither a schedule"),
+    (["--model", "tiny-32", "--sampler", "heun:smin=-1"], "sampler spec"),
 ])
 def test_demo_bad_options_exit_2_with_one_line_and_write_nothing(models_env, tmp_path, capsys, argv, needle):
     out = tmp_path / "never"

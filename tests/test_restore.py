@@ -90,6 +90,9 @@ def test_observed_pixels_of_a_measurement_are_what_the_mask_keeps(env, tmp_path)
     (["photo.png", "--task", "sr4", "--simulate", "--method", "magic"], "unknown method"),
     (["photo.png", "--task", "sr4", "--simulate", "--samples", "1"], "--samples must be >= 2"),
     (["photo.png", "--task", "sr4", "--simulate", "--sigma-y", "nan"], "--sigma-y"),
+    (["photo.png", "--task", "sr4", "--simulate", "--sampler", "rk4"], "unknown solver 'rk4'"),
+    (["photo.png", "--task", "sr4", "--simulate", "--sampler", "heun:karras:rho=x"], "rho must be a number"),
+    (["photo.png", "--task", "sr4", "--simulate", "--sampler", "euler", "--method", "ddnm"], "--sampler drives eps"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(env, tmp_path, capsys, argv, needle):
     argv = [str(env / a) if a.endswith((".png", ".npy")) else a for a in argv]
@@ -144,3 +147,18 @@ def test_restore_measurement_passes_baseline_settings_and_refuses_them_for_train
     eps = zoo.find_model("tiny-32", "eps")
     with pytest.raises(ValueError, match="no baseline settings"):
         restore_measurement("eps", zoo.load(eps), eps.card, op, y, 0.05, "sr4", settings={"eta": 0.1})
+
+
+@pytest.mark.parametrize("method, spec, want, nfe", [  # --nfe 4
+    ("eps", None, "dpmpp2m:loglinear:smin=0.03", 4),  # the measured default: mean + 3 levels
+    ("eps", "legacy", "heun:karras:rho=7:smin=0.002", 4),  # mean + Heun with 2 levels (3 NFE)
+    ("eps", "euler:loglinear:smin=0.05", "euler:loglinear:smin=0.05", 4),
+    ("palette", None, "heun:karras:rho=7:smin=0.002", 3),  # Palette keeps EDM Heun: 2 levels, one NFE unused
+    ("palette", "dpmpp2m", "dpmpp2m:karras:rho=7:smin=0.002", 4),
+])
+def test_sampler_option_picks_the_sampler_and_records_it(env, tmp_path, method, spec, want, nfe):
+    extra = ["--sampler", spec] if spec else []
+    rc, out = run(env, tmp_path, env / "photo.png", "--task", "sr4", "--simulate", "--method", method, *extra)
+    assert rc == 0
+    info = json.loads((out / "restore.json").read_text())
+    assert info["sampler"]["sampler"] == want and info["nfe_sample"] == nfe

@@ -36,6 +36,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import argtypes
 from .output_paths import check_output_dir, check_output_file
+from .sampler_spec import DEFAULT as DEFAULT_SAMPLER
+from .sampler_spec import parse_spec, syntax_help
 from .training.checkpoint import CheckpointError
 from .training.data import DataError
 from .training.stop import TrainingStopped
@@ -461,7 +463,8 @@ def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
         torch.set_num_threads(args.threads)
     tasks = _str_list(args.tasks) if args.tasks else None
     res = run_demo(model=args.model, tasks=tasks, n_images=args.images, n_samples=args.samples, nfe=args.nfe,
-                   seed=args.seed, out=args.out, sigma_y=args.sigma_y, progress=not args.no_progress)
+                   seed=args.seed, out=args.out, sigma_y=args.sigma_y, progress=not args.no_progress,
+                   sampler=args.sampler)
     print(markdown_table(res["tasks"]))
     print(f"model {res['model']} ({res['model_steps']} steps); {res['total_seconds']:.1f} s in total; "
           f"pictures and results.md/json in {Path(args.out).resolve()}")
@@ -478,7 +481,7 @@ def cmd_restore(args: argparse.Namespace, argv: Sequence[str]) -> int:
     info = run_restore(args.input, args.task, model=args.model, method=args.method, simulate_input=args.simulate,
                        mask=args.mask, kernel=args.kernel, n_samples=args.samples, nfe=args.nfe,
                        sigma_y=args.sigma_y, seed=args.seed, out=args.out, overwrite=args.overwrite,
-                       scheduler=args.scheduler)
+                       scheduler=args.scheduler, sampler=args.sampler)
     for notice in info["notices"]:
         print(f"notice: {notice}")
     mean = f"posterior mean ({info['nfe_mean']} NFE)" if info["nfe_mean"] else "the samples' mean"
@@ -496,6 +499,15 @@ def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .bench import gmm_bench, images_bench
 
     return {"gmm": gmm_bench.run, "images": images_bench.run}[args.bench](args)
+
+
+def _sampler_spec(text: str) -> str:
+    """``--sampler``: a sampler spec (:mod:`exactpost.sampler_spec`) -> its canonical name;
+    a bad spec is a one-line usage error."""
+    try:
+        return parse_spec(text).name
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -533,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nfe", type=argtypes.int_range(2), default=20, help="network evaluations per sample, >= 2")
     d.add_argument("--sigma-y", type=argtypes.float_range(0.0), default=0.05,
                    help="measurement noise std on [-1, 1] images, >= 0")
+    d.add_argument("--sampler", type=_sampler_spec, default=None, metavar="SPEC",
+                   help=f"EPS sampler after the 1-NFE posterior mean: {syntax_help()} (default: {DEFAULT_SAMPLER.name})")
     d.add_argument("--seed", type=argtypes.seed(), default=0,
                    help="random seed of the operators, the noise and the samples, 0..4294967295")
     d.add_argument("--out", default="exactpost-demo", help="output folder (files of the same name are replaced)")
@@ -572,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sigma-y", type=argtypes.float_range(0.0), default=0.05,
                    help="measurement noise std on [-1, 1] images, >= 0")
     r.add_argument("--seed", type=argtypes.seed(), default=0, help="random seed, 0..4294967295")
+    r.add_argument("--sampler", type=_sampler_spec, default=None, metavar="SPEC",
+                   help=f"sampler of eps (after its 1-NFE posterior mean) and palette: {syntax_help()} (default: "
+                        f"{DEFAULT_SAMPLER.name} for eps, legacy for palette; the baselines have their own "
+                        f"samplers)")
     r.add_argument("--scheduler", default=None, metavar="NAME",
                    help="sample eps/palette with a diffusers model's own scheduler instead of exactpost's sampler "
                         "(--model must be a diffusers folder): own (the class in its scheduler_config.json), ddpm, "

@@ -24,6 +24,7 @@ from .imageio import save_text
 from .metrics import crps, psnr, ssim
 from .output_paths import check_output_dir
 from .restoration import Restoration, eps_restore
+from .sampler_spec import DEFAULT, parse_spec
 from .tasks import TASKS, make_operator, simulate, task_names
 from .training.data import to_float
 from .visualize import STD_WHITE, measurement_image, panel
@@ -62,10 +63,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = None, n_images: int = 8,
              n_samples: int = 4, nfe: int = 20, seed: int = 0, out: str | os.PathLike = "exactpost-demo",
-             sigma_y: float = 0.05, images: Optional[torch.Tensor] = None, progress: bool = True) -> dict[str, Any]:
+             sigma_y: float = 0.05, images: Optional[torch.Tensor] = None, progress: bool = True,
+             sampler: Optional[str] = None) -> dict[str, Any]:
     """Run the demo and write its files under ``out``; returns the results dict.
 
-    ``images`` [N, 3, H, W] in [-1, 1] overrides the model's bundled demo images."""
+    ``images`` [N, 3, H, W] in [-1, 1] overrides the model's bundled demo images. ``sampler``:
+    the EPS sampler spec (:mod:`exactpost.sampler_spec`; None: its DEFAULT)."""
     t_start = time.perf_counter()
     tasks = list(tasks) if tasks else task_names()
     for t in tasks:
@@ -77,6 +80,7 @@ def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = No
         raise ValueError(f"--nfe must be >= 2 (1 for the mean, the rest for the sampler), got {nfe}")
     if not (math.isfinite(sigma_y) and sigma_y >= 0):
         raise ValueError(f"--sigma-y must be a finite number >= 0, got {sigma_y}")
+    spec = parse_spec(sampler) if sampler is not None else DEFAULT  # a bad spec: one line, before any work
     out_dir = check_output_dir(out, existing_ok=True)  # before any work: a file, a broken link, no permission
     entry = zoo.find_model(model, "eps")
     net = zoo.load(entry)
@@ -102,7 +106,7 @@ def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = No
         if bar is not None:
             bar.set_postfix(task=task)
         res = eps_restore(net, entry.card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g,
-                          on_sample=(lambda i: bar.update(1)) if bar is not None else None)
+                          sampler=spec, on_sample=(lambda i: bar.update(1)) if bar is not None else None)
         imgs, ncol = panel(x0, measurement_image(op, y), res.mean, res.samples, res.std)
         save_grid(imgs, out_dir / f"{task}.png", ncol=ncol)
         rows.append(dict(task=task, **score(res, x0), nfe_mean=res.nfe_mean, nfe_sample=res.nfe_sample,
@@ -121,7 +125,7 @@ def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = No
     save_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     md = [f"# exactpost demo: {entry.name} (EPS, {entry.card.get('steps')} training steps)", "",
           f"{n_images} bundled test-split images, sigma_y = {sigma_y}, seed {seed}; {n_samples} posterior samples "
-          f"at {nfe} NFE (EDM Heun from the 1-NFE posterior mean) per image. PSNR/SSIM on [-1, 1] images "
+          f"at {nfe} NFE (sampler {spec.name} from the 1-NFE posterior mean) per image. PSNR/SSIM on [-1, 1] images "
           f"(peak-to-peak 2); CRPS per pixel from the {n_samples} samples, in [-1, 1] units (lower is better).",
           "", markdown_table(rows), "",
           f"Each `<task>.png`: a row per image: truth | measurement | posterior mean | {n_samples} samples | "

@@ -6,14 +6,17 @@ EPS (the default): the network was trained to denoise the pivot mu* (see
 p(x_t | y) and any sampler of the backbone samples the posterior.
 
 - posterior mean: one call at sigma_max (1 NFE): D~(s(T) e, T) -> E[x0 | y];
-- samples: EDM Heun on the posterior denoiser, started at sigma_max from
-  N(mean, sigma_max^2 I) (the exact start; see ``samplers.edm_sampler(init_mean=...)``),
-  with ``nfe - 1`` evaluations so that, counting the shared mean, each sample costs
-  ``nfe`` network evaluations (Heun with N steps uses 2 N - 1);
+- samples: a sampler of :mod:`exactpost.sampler_spec` on the posterior denoiser (default
+  :data:`~exactpost.sampler_spec.DEFAULT`, DPM-Solver++(2M) on a log-linear schedule down
+  to sigma 0.03, one evaluation per level, chosen on the Gaussian-mixture oracle; ``"legacy"``
+  is EDM Heun, rho 7, 2 N - 1 evaluations for N levels), started at sigma_max from
+  N(mean, sigma_max^2 I) (the exact start), with ``nfe - 1`` evaluations so that, counting
+  the shared mean, each sample costs ``nfe`` network evaluations;
 - std: the per-pixel standard deviation over the samples (unbiased, M - 1).
 
 Palette (the trained baseline): the network denoises x_t given [A^T y, certainty];
-samples come from EDM Heun from pure noise with ``nfe`` evaluations, and its "mean" is
+samples come from EDM Heun (the legacy sampler, unless another spec is given) from pure
+noise with ``nfe`` evaluations, and its "mean" is
 the network's single call at sigma_max (Palette's regression to E[x0 | y]).
 """
 

@@ -37,6 +37,7 @@ from .imageio import save_grid, save_text
 from .memory import check_fits
 from .operators import AveragePoolSR, FFTBlur, Inpainting, LinearOperator
 from .restoration import Restoration, eps_restore, palette_restore
+from .sampler_spec import parse_spec
 from .restore_inputs import InputError, check_output_dir, read_image, read_kernel, read_lowres, read_mask
 from .tasks import TASKS, make_operator, simulate, task_names
 from .visualize import STD_WHITE, measurement_image, std_image
@@ -84,12 +85,14 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
                 simulate_input: bool = False, mask: Optional[str] = None, kernel: Optional[str] = None,
                 n_samples: int = 4, nfe: Optional[int] = None, sigma_y: float = 0.05, seed: int = 0,
                 out: str = "exactpost-restore", overwrite: bool = False,
-                scheduler: Optional[str] = None) -> dict[str, Any]:
+                scheduler: Optional[str] = None, sampler: Optional[str] = None) -> dict[str, Any]:
     """Restore ``image`` (see the module docstring); returns the JSON written to
     ``restore.json``. Raises :class:`InputError`/``ValueError`` (one line) before writing
     anything when an input is wrong. ``scheduler``: sample eps/palette with a diffusers
     model's own scheduler (:mod:`exactpost.backbones.scheduler_restore`; ``--model`` must be
-    a diffusers folder); None: exactpost's samplers."""
+    a diffusers folder); None: exactpost's samplers. ``sampler``: exactpost's sampler spec
+    for eps/palette (:mod:`exactpost.sampler_spec`; None: eps :data:`~exactpost.sampler_spec.DEFAULT`,
+    palette the legacy EDM Heun)."""
     t0 = time.perf_counter()
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(task_names())}")
@@ -109,6 +112,12 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
         check_scheduler_name(scheduler)
         if method not in TRAINED_METHODS:
             raise InputError(f"--scheduler drives eps and palette; {method} has its own sampler (drop --scheduler)")
+    if sampler is not None:
+        sampler = parse_spec(sampler).name  # a bad spec: one line, before any work
+        if method not in TRAINED_METHODS:
+            raise InputError(f"--sampler drives eps and palette; {method} has its own sampler (drop --sampler)")
+        if scheduler is not None:
+            raise InputError("give --sampler (exactpost's sampler) or --scheduler (a diffusers scheduler), not both")
     out_dir = check_output_dir(out, overwrite=overwrite)
     kind = method if method in TRAINED_METHODS else "prior"
     entry = zoo.find_model(model, kind)
@@ -138,7 +147,7 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     check_fits(n_samples * 3 * size * size * 8, f"{n_samples} samples of 3x{size}x{size}",
                "ask for fewer samples (--samples)")
     res = restore_measurement(method, net, entry.card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe,
-                              generator=g, scheduler=sched)
+                              generator=g, scheduler=sched, sampler=sampler)
     info: dict[str, Any] = dict(
         input=str(image), task=task, mode="simulate" if simulate_input else "measurement", mask=mask, kernel=kernel,
         model=entry.name, model_kind=kind, model_sha256=entry.card.get("sha256"), method=method,

@@ -172,6 +172,16 @@ LEGACY = SamplerSpec("heun", "karras", 7.0, 0.002)
 DEFAULT = SamplerSpec("dpmpp2m", "loglinear", sigma_min=0.03)
 
 
+def syntax_help() -> str:
+    """One paragraph for a ``--sampler`` / ``--eps-sampler`` help text: the spec syntax, the
+    solvers, schedules and keys, and the two aliases."""
+    return (f"SOLVER[:SCHEDULE][:rho=R][:smin=S][:start=T][:churn=C][:eta=E] with SOLVER one of "
+            f"{', '.join(SOLVERS)}, SCHEDULE {' or '.join(SCHEDULES)} (default karras), rho the Karras exponent "
+            f"(default 7), smin the last positive noise level (default 0.002), start the first level (default: "
+            f"sigma_max), churn (heun) / eta (dpmpp2m) stochasticity (default 0); 'default' = {DEFAULT.name}, "
+            f"'legacy' = {LEGACY.name}")
+
+
 def with_start(spec: SamplerSpec, start: float | None) -> SamplerSpec:
     """The spec with its first level set to ``start`` (None: the caller's sigma_max). A start
     at or below the spec's ``smin`` (a warm start very close to the data) lowers ``smin`` to
