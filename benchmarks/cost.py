@@ -14,15 +14,17 @@ What is timed, on one batch of ``--batch`` 32x32 images (the bundled demo images
 noise drawn from a generator seeded ``task_seed(seed, task)``); every method does one
 posterior sample per image:
 
-* ``bare``: unconditional EDM Heun of the prior (``models/<model>/prior`` via
-  ``as_denoiser(net, EDM())``): one call at sigma_max from noise, then a Heun run of
+* ``bare``: unconditional sampling of the prior (``models/<model>/prior`` via
+  ``as_denoiser(net, EDM())``): one call at sigma_max from noise, then the ``--eps-sampler``
+  (default :data:`exactpost.sampler_spec.DEFAULT`, DPM-Solver++(2M), one NFE per level) with
   ``nfe - 1`` NFE started from N(that call, sigma_max^2 I) -- the unconditional twin of
-  ``eps``, so that both use exactly ``nfe`` network calls (Heun alone has an odd NFE, 2N - 1);
-* ``eps``: :func:`exactpost.restoration.eps_restore` with ``n_samples=1, nfe=nfe`` (the 1-NFE
-  posterior mean + an ``nfe - 1``-NFE Heun run on the EPS posterior denoiser; includes the
-  conditioning A^T y and every pivot);
+  ``eps``, so that both use the same solver and the same network calls;
+* ``eps``: :func:`exactpost.restoration.eps_restore` with ``n_samples=1, nfe=nfe`` and the
+  ``--eps-sampler`` (the 1-NFE posterior mean + an ``nfe - 1``-NFE run on the EPS posterior
+  denoiser; includes the conditioning A^T y and every pivot);
 * ``palette``: :func:`exactpost.restoration.palette_restore` with ``n_samples=1`` and
-  ``nfe - 1`` for the sample, so its one "mean" call brings it to ``nfe`` calls as well;
+  ``nfe - 1`` for the sample and its default sampler (EDM Heun, 2 N - 1 NFE, so it may use
+  one call fewer);
 * every method of :data:`exactpost.baselines.METHODS` through ``run_method(..., nfe=nfe,
   task=task)`` on the prior, with the settings tuned by ``benchmarks/tune_baselines.py``
   where ``--tuned`` has them (step sizes hardly change the cost). Methods that backpropagate
@@ -96,6 +98,7 @@ class Setup:
     sigma_y: float
     tuned: dict
     models: dict  # kind -> {sha256, steps, params} of the loaded checkpoints
+    eps_sampler: str = ""  # sampler spec of eps and bare (exactpost.sampler_spec); "": DEFAULT
 
 
 def _freeze(net: torch.nn.Module) -> torch.nn.Module:
@@ -140,7 +143,8 @@ def load_setup(args: argparse.Namespace, methods: Sequence[str]) -> Setup:
         from tune_baselines import load_tuned
 
         tuned = load_tuned(args.tuned)
-    return Setup(prior, nets["eps"], nets["palette"], op, y, x, args.task, args.sigma_y, tuned, models)
+    return Setup(prior, nets["eps"], nets["palette"], op, y, x, args.task, args.sigma_y, tuned, models,
+                 eps_sampler=args.eps_sampler)
 
 
 def make_runner(method: str, s: Setup, nfe: int) -> Callable[[torch.Generator], dict]:
@@ -149,26 +153,27 @@ def make_runner(method: str, s: Setup, nfe: int) -> Callable[[torch.Generator], 
     from exactpost.interpolants import EDM
     from exactpost.nets.precond import as_denoiser
     from exactpost.restoration import eps_restore, palette_restore
-    from exactpost.samplers import edm_heun, heun_steps_for_nfe
+    from exactpost.sampler_spec import DEFAULT, parse_spec
 
     shape = tuple(s.x.shape)
     prior = as_denoiser(s.prior_net, EDM())
+    spec = parse_spec(s.eps_sampler) if s.eps_sampler else DEFAULT
     if method == "bare":
         def run(g: torch.Generator) -> dict:
             with torch.no_grad():
                 e = torch.randn(shape, generator=g)
                 mean = prior(SIGMA_MAX * e, SIGMA_MAX)
-                out = edm_heun(prior, shape, steps=heun_steps_for_nfe(nfe - 1), sigma_max=SIGMA_MAX, generator=g,
-                               init_mean=mean)
+                out = spec.run(prior, shape, nfe - 1, SIGMA_MAX, generator=g, init_mean=mean)
             return dict(nfe=1 + out.nfe, backward_passes=0,
-                        settings=dict(sampler="edm_heun", heun_steps=heun_steps_for_nfe(nfe - 1),
-                                      start="one call at sigma_max, then Heun"))
+                        settings=dict(sampler=spec.name, levels=spec.levels_for_nfe(nfe - 1),
+                                      start="one call at sigma_max, then the sampler"))
         return run
     if method == "eps":
         net, card = s.eps
 
         def run(g: torch.Generator) -> dict:
-            res = eps_restore(net, card, s.op, s.y, s.sigma_y, s.task, n_samples=1, nfe=nfe, generator=g)
+            res = eps_restore(net, card, s.op, s.y, s.sigma_y, s.task, n_samples=1, nfe=nfe, generator=g,
+                              sampler=spec)
             return dict(nfe=res.nfe_sample, backward_passes=0, settings=res.settings)
         return run
     if method == "palette":
@@ -259,6 +264,7 @@ def measure_memory(args: argparse.Namespace, methods: Sequence[str], log=print) 
     base_cmd = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--task", args.task,
                 "--batch", str(args.batch), "--nfe", str(args.nfe), "--seed", str(args.seed),
                 "--sigma-y", str(args.sigma_y), "--threads", str(args.threads), "--tuned", args.tuned or "",
+                "--eps-sampler", args.eps_sampler,
                 "--methods", ",".join(methods)]
     out: dict[str, dict] = {}
     for m in ["none"] + list(methods):
@@ -332,8 +338,10 @@ def markdown(res: dict) -> str:
     else:
         memory = ("Memory: a fresh subprocess per method loads the models and data, runs the method once and reads "
                   "its lifetime ru_maxrss; 'extra' = that peak - the peak of a subprocess that only loads.")
-    lines += ["", "bare / eps / palette: one network call at sigma_max, then EDM Heun with NFE - 1 (eps: the "
-              "1-NFE posterior mean and the pivot at every call; palette: its 1-call mean and a Heun sample). "
+    lines += ["", f"bare / eps: one network call at sigma_max, then the EPS sampler {res['eps_sampler']} "
+              "(exactpost.sampler_spec) with NFE - 1 (eps: the 1-NFE posterior mean and the pivot at every call; "
+              "bare: the same solver on the prior, unconditionally); palette: its 1-call mean and an EDM Heun "
+              "sample (its default). "
               f"Registry methods: run_method(nfe=NFE, task=task) with {tuned}. {memory}", "",
               f"Command: `{res['command']}` ({res['date']}, torch {res['torch']}).", ""]
     return "\n".join(lines)
@@ -355,12 +363,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                          "bare is always added, it is the reference)")
     ap.add_argument("--tuned", default=str(RESULTS / "baseline_tuning.json"),
                     help="tuned settings (benchmarks/tune_baselines.py); '' or a missing file: registry defaults")
+    ap.add_argument("--eps-sampler", default=None, metavar="SPEC",
+                    help="sampler of eps and of the bare reference, an exactpost.sampler_spec spec "
+                         "(default: exactpost.sampler_spec.DEFAULT, the measured EPS default)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-method peak-memory subprocesses")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.nfe < 2:
-        ap.error("--nfe must be >= 2 (one call at sigma_max plus a Heun run)")
+        ap.error("--nfe must be >= 2 (one call at sigma_max plus a sampler run)")
+    from exactpost.sampler_spec import DEFAULT, parse_spec
+
+    try:
+        args.eps_sampler = parse_spec(args.eps_sampler).name if args.eps_sampler else DEFAULT.name
+    except ValueError as err:
+        ap.error(str(err))
     args.command = "python benchmarks/cost.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     return args
@@ -386,7 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     rows = summarize(timing, memory, args.batch)
     res = dict(rows=rows, nfe=args.nfe, batch=args.batch, repeats=args.repeats, task=args.task, sigma_y=args.sigma_y,
                model=args.model, checkpoints=s.models, image_size=int(s.x.shape[-1]), threads=torch.get_num_threads(),
-               tuned=args.tuned if s.tuned else None, memory=memory,
+               tuned=args.tuned if s.tuned else None, memory=memory, eps_sampler=args.eps_sampler,
                memory_method=None if memory is None else rows[0].get("memory_method"),
                machine=f"{platform.machine()} CPU ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)",
                torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M"), command=args.command,
@@ -400,6 +417,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         ratio = f"{r['ratio']:.3f}x" if r["ratio"] is not None else "-"
         print(f"{r['method']:16s} {r['nfe']:4d} NFE {r['backward_passes']:4d} bwd  {r['seconds_per_image']:.4f} s/img  "
               f"{ratio}" + (f"  peak {r['peak_rss_mib']:.0f} MiB (+{r['extra_rss_mib']:.0f})" if memory else ""))
+    print(f"EPS and bare sampler: {args.eps_sampler}")
     print(f"wrote {out / 'cost.md'} ({res['seconds']:.0f} s)")
     return res
 

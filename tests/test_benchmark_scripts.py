@@ -116,8 +116,13 @@ def test_cost_quick_run_and_memory_child(models_env, tmp_path, capsys):
     rows = {r["method"]: r for r in res["rows"]}
     assert list(rows) == ["bare", "eps", "palette", "ddnm"]  # bare is added as the reference
     assert rows["bare"]["ratio"] == pytest.approx(1.0)
-    assert rows["bare"]["nfe"] == rows["palette"]["nfe"] == 2  # 1 call + 1-NFE Heun
-    assert rows["eps"]["nfe"] == 3  # the mean + 2 levels of the default DPM-Solver++(2M): the whole budget
+    assert rows["palette"]["nfe"] == 2  # 1 call + 1-NFE Heun (its default sampler)
+    # the mean + 2 levels of the default DPM-Solver++(2M): the whole budget; bare is its unconditional twin
+    assert rows["eps"]["nfe"] == rows["bare"]["nfe"] == 3
+    assert res["eps_sampler"] == "dpmpp2m:loglinear:smin=0.03"
+    assert rows["eps"]["settings"]["sampler"] == rows["bare"]["settings"]["sampler"] == res["eps_sampler"]
+    assert "EPS and bare sampler: dpmpp2m:loglinear:smin=0.03" in capsys.readouterr().out
+    assert "EPS sampler dpmpp2m:loglinear:smin=0.03" in (out / "cost.md").read_text()
     assert rows["ddnm"]["nfe"] == 3 and all(len(r["runs"]) == 2 for r in rows.values())
     assert "| eps |" in (out / "cost.md").read_text()
     capsys.readouterr()
