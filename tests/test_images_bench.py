@@ -191,6 +191,18 @@ def test_paired_mmd2_is_unbiased_for_paired_sets_where_metrics_mmd2_is_not():
     assert paired - naive == pytest.approx(2 * (float(kxy.mean()) - off), abs=1e-12)
 
 
+def test_no_bare_skips_the_bare_timing_and_leaves_the_cost_ratio_blank(models_env, tmp_path, monkeypatch):
+    timed: list[int] = []
+    monkeypatch.setattr(ib, "time_bare", lambda setup, nfe: timed.append(nfe))
+    prefix = tmp_path / "nb" / "bench"
+    assert _run(prefix, "--tasks", "sr4", "--methods", "eps", "--nfe", "3", "--no-bare") == 0
+    doc = _doc(prefix)
+    assert timed == [] and doc["bare"] == [] and doc["cells"][0]["cost_ratio"] is None
+    assert "--no-bare" in doc["meta"]["command"]
+    line = next(ln for ln in (prefix.parent / "bench.md").read_text().splitlines() if ln.startswith("| sr4 | eps |"))
+    assert line.endswith(" | - |")
+
+
 def test_same_seed_same_numbers_other_seed_other_numbers(models_env, tmp_path):
     args = ("--tasks", "deblur-motion", "--methods", "eps,mpgd", "--nfe", "3")
     assert _run(tmp_path / "a", *args) == 0 and _run(tmp_path / "b", *args) == 0

@@ -184,6 +184,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the same settings (e.g. a share of the tasks run by another process); repeatable (default: none)")
     parser.add_argument("--threads", type=argtypes.int_range(0), default=0,
                         help="torch CPU threads, >= 0 (default: 0 = torch's choice)")
+    parser.add_argument("--no-bare", action="store_true",
+                        help="do not time the bare sampler, so the cost ratio column shows '-' (saves its runs on a "
+                             "busy machine where the timings mean little; default: timed)")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar (default: shown)")
 
 
@@ -217,6 +220,7 @@ class BenchConfig:
     fresh: bool = False
     threads: int = 0
     progress: bool = True
+    bare: bool = True  # time the bare sampler (--no-bare: not)
     methods_given: bool = False
     merge: list[str] = field(default_factory=list)
     eps_sampler: Optional[str] = None  # spec name; None: sampler_spec.DEFAULT
@@ -254,6 +258,8 @@ class BenchConfig:
         parts += ["--out", self.out]
         for other in self.merge:
             parts += ["--merge", other]
+        if not self.bare:
+            parts.append("--no-bare")
         if self.threads:
             parts += ["--threads", str(self.threads)]
         return " ".join(shlex.quote(p) for p in parts)
@@ -284,6 +290,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                       sigma_y=float(args.sigma_y), data=args.data, test_key=args.test_key,
                       test_split=args.test_split, tuned=args.tuned, fresh=bool(args.fresh), threads=args.threads,
                       progress=not args.no_progress, methods_given=args.methods is not None,
+                      bare=not getattr(args, "no_bare", False),
                       merge=list(getattr(args, "merge", None) or []))
     if getattr(args, "eps_sampler", None) is not None:
         cfg.eps_sampler = parse_spec(args.eps_sampler).name
@@ -1004,7 +1011,7 @@ def run_config(cfg: BenchConfig) -> int:
     cells = cells_of(cfg, setup.methods)
     pending = [c for c in cells if c.key not in cache.records]
     budgets = sorted({c.nfe for c in cells})
-    bare_pending = [n for n in budgets if bare_key(n) not in cache.records]
+    bare_pending = [n for n in budgets if bare_key(n) not in cache.records] if cfg.bare else []
     n_batches = len(batch_ranges(cfg.images, cfg.batch))
     bar = None
     if cfg.progress and (pending or bare_pending):
