@@ -10,11 +10,17 @@ the same model grown for EPS (conv_in widened by the 7 channels of ``pivot+aty+m
 a class embedding for the task), as ``exactpost finetune --init-from`` makes it. Per task
 (registry, 32x32) it times, interleaved, ``repeats`` runs of ``steps`` steps each:
 
-* plain: ``for t: eps = unet(scheduler.scale_model_input(x, t), t); x = scheduler.step(eps, t, x)``;
+* plain: as a diffusers pipeline does, one scheduler object, ``scheduler.set_timesteps(steps)``
+  then ``for t: eps = unet(scheduler.scale_model_input(x, t), t); x = scheduler.step(eps, t, x)``;
 * EPS:   :func:`exactpost.backbones.scheduler_sample` with the EPS posterior denoiser
   (pivot mu*, the network on [mu*, cond], x0 handed to the scheduler), the conditioning
   channels computed once per measurement before the run (timed separately, per
-  measurement: it is paid once, not per step).
+  measurement: it is paid once, not per step); the wrapper folds the constant conditioning
+  and task embedding into the network on the first step
+  (:mod:`exactpost.backbones.constant_inputs`);
+* EPS, not folded (``--unfolded``, default on): the same with ``fold_constant_inputs = False``
+  (conditioning concatenated to the input and the class embedding looked up every step), to
+  show what the folding saves in the same run.
 
 Times are the process's CPU time (``time.process_time``, one torch thread by default): on
 this project's two shared cores, busy with training jobs, wall-clock times of the same run
@@ -79,6 +85,7 @@ def build(arch: str, seed: int):
 
 
 def plain_run(unet, sched, x_T: torch.Tensor, steps: int) -> torch.Tensor:
+    """A diffusers pipeline's loop: the scheduler object reused, its timesteps set per run."""
     sched.set_timesteps(steps)
     x = x_T * sched.init_noise_sigma
     for t in sched.timesteps:
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--tasks", default=",".join(task_names()))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--unfolded", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time EPS without folding the constant inputs (default: on)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     plain, grown = build(args.arch, 0)
@@ -120,31 +129,46 @@ def main(argv: list[str] | None = None) -> list[dict]:
             den = EPSPosteriorDenoiser(as_eps_network(model, tid), op, y, SIGMA_Y, EDM(), cond=cond)
 
             def eps_run():
+                model.fold_constant_inputs = True
                 return scheduler_sample(den, sched, shape, steps=args.steps, noise=x_T).x0
 
-            def base_run():
-                return plain_run(plain, make_scheduler(args.scheduler, SCHEDULER), x_T, args.steps)
+            def unfolded_run():
+                model.fold_constant_inputs = False
+                return scheduler_sample(den, sched, shape, steps=args.steps, noise=x_T).x0
 
-            eps_run(), base_run()  # warm-up
-            te, tb = [], []
-            for r in range(args.repeats):  # back-to-back pairs, alternating order: load drifts hit both alike
-                pair = ((base_run, tb), (eps_run, te)) if r % 2 == 0 else ((eps_run, te), (base_run, tb))
-                for fn, acc in pair:
+            base_sched = make_scheduler(args.scheduler, SCHEDULER)
+
+            def base_run():
+                return plain_run(plain, base_sched, x_T, args.steps)
+
+            runs = [(base_run, []), (eps_run, [])] + ([(unfolded_run, [])] if args.unfolded else [])
+            for fn, _ in runs:  # warm-up
+                fn()
+            for r in range(args.repeats):  # back-to-back, order rotating: load drifts hit every side alike
+                for fn, acc in runs[r % len(runs):] + runs[: r % len(runs)]:
                     t0 = time.process_time()
                     fn()
                     acc.append(time.process_time() - t0)
+            tb, te = runs[0][1], runs[1][1]
             pair_ratios = sorted(x / y for x, y in zip(te, tb))
             e, b = statistics.median(te), statistics.median(tb)
-            rows.append(dict(task=task, plain_step_ms=1e3 * b / args.steps, eps_step_ms=1e3 * e / args.steps,
-                             ratio=statistics.median(pair_ratios), ratio_of_medians=e / b,
-                             conditioning_ms=1e3 * cond_s, ratio_range=[pair_ratios[0], pair_ratios[-1]]))
-            print(f"{task:14s} plain {rows[-1]['plain_step_ms']:8.2f} ms/step, EPS {rows[-1]['eps_step_ms']:8.2f} "
-                  f"ms/step, ratio {rows[-1]['ratio']:.4f} (pairs {pair_ratios[0]:.3f}-{pair_ratios[-1]:.3f}); "
-                  f"conditioning once {1e3 * cond_s:.2f} ms", flush=True)
+            row = dict(task=task, plain_step_ms=1e3 * b / args.steps, eps_step_ms=1e3 * e / args.steps,
+                       ratio=statistics.median(pair_ratios), ratio_of_medians=e / b,
+                       conditioning_ms=1e3 * cond_s, ratio_range=[pair_ratios[0], pair_ratios[-1]])
+            if args.unfolded:
+                tu = runs[2][1]
+                row.update(unfolded_step_ms=1e3 * statistics.median(tu) / args.steps,
+                           unfolded_ratio=statistics.median(sorted(x / y for x, y in zip(tu, tb))))
+            rows.append(row)
+            print(f"{task:14s} plain {row['plain_step_ms']:8.2f} ms/step, EPS {row['eps_step_ms']:8.2f} "
+                  f"ms/step, ratio {row['ratio']:.4f} (pairs {pair_ratios[0]:.3f}-{pair_ratios[-1]:.3f})"
+                  + (f"; not folded {row['unfolded_ratio']:.4f}" if args.unfolded else "")
+                  + f"; conditioning once {1e3 * cond_s:.2f} ms", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = (f"python benchmarks/diffusers_cost.py --arch {args.arch} --scheduler {args.scheduler} --batch {args.batch} "
-           f"--steps {args.steps} --repeats {args.repeats} --threads {args.threads}")
+           f"--steps {args.steps} --repeats {args.repeats} --threads {args.threads}"
+           + ("" if args.unfolded else " --no-unfolded"))
     meta = dict(command=cmd, date=time.strftime("%Y-%m-%d"), params=params, arch=args.arch,
                 machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU", torch=torch.__version__,
                 diffusers=import_diffusers().__version__)
@@ -154,13 +178,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lines = [f"# EPS step on a diffusers UNet2DModel vs the plain scheduler step ({args.arch})", "",
              f"`{cmd}` on {meta['date']} ({meta['machine']}, torch {meta['torch']}, diffusers {meta['diffusers']});",
              f"{params / 1e6:.2f}M-parameter UNet2DModel, 32x32, batch {args.batch}, {args.scheduler}, median of "
-             f"{args.repeats} back-to-back pairs of runs of {args.steps} steps. Target: ratio <= 1.02.", "",
-             "| task | plain step (CPU ms) | EPS step (CPU ms) | ratio (median pair) | pair ratio range | conditioning, once (ms) |",
-             "|---|---|---|---|---|---|"]
+             f"{args.repeats} back-to-back runs of {args.steps} steps per side. Target: ratio <= 1.02. "
+             "'not folded': EPS with the conditioning concatenated and the task embedding looked up every step "
+             "(fold_constant_inputs = False), same run.", "",
+             "| task | plain step (CPU ms) | EPS step (CPU ms) | ratio (median pair) | pair ratio range | "
+             "not folded: step (CPU ms) | not folded: ratio | conditioning, once (ms) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["ratio_range"]
+        unf = (f"{r['unfolded_step_ms']:.2f} | {r['unfolded_ratio']:.4f}" if "unfolded_ratio" in r else "- | -")
         lines.append(f"| {r['task']} | {r['plain_step_ms']:.2f} | {r['eps_step_ms']:.2f} | {r['ratio']:.4f} | "
-                     f"{lo:.3f}-{hi:.3f} | {r['conditioning_ms']:.2f} |")
+                     f"{lo:.3f}-{hi:.3f} | {unf} | {r['conditioning_ms']:.2f} |")
     lines += ["", f"Worst ratio: {worst:.4f} ({'meets' if worst <= 1.02 else 'misses'} the 1.02 target)."]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / (stem + '.md')}")

@@ -45,6 +45,15 @@ def test_timestep_is_log_sigma_linear_between_neighbours_and_clamped():
     assert bool((sch.timestep(s)[1:] > sch.timestep(s)[:-1]).all())
 
 
+def test_the_one_sigma_timestep_equals_the_tensor_map():
+    sch = VPSchedule(linear_abar())
+    s = torch.cat([torch.logspace(-4, 4, 997, dtype=torch.float64), sch.sigmas[[0, 1, 500, 998, 999]]])
+    want = sch.timestep(s)
+    got = torch.tensor([sch.timestep_float(float(v)) for v in s], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert sch.timestep_float(1e-4) == 0.0 and sch.timestep_float(1e4) == 999.0
+
+
 def test_zero_terminal_snr_stays_finite_and_bad_tables_are_refused():
     abar = linear_abar()
     abar[-1] = 0.0

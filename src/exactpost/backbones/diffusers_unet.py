@@ -23,7 +23,10 @@ first half of its output, the mean; the variance half is ignored, as exactpost's
 choose their own noise. ``cond`` channels (EPS / Palette conditioning of
 :mod:`exactpost.conditioning`) go unscaled into the extra input channels of a widened
 ``conv_in`` (:mod:`exactpost.backbones.widen`); the task id goes in as the class label of a
-zero-initialised class embedding. sigma_y has no embedding: it reaches the network through
+zero-initialised class embedding. At inference, when cond and the task are the same on every
+call (one restoration), both are folded into the network once
+(:mod:`exactpost.backbones.constant_inputs`: conv_in's conditioning part and the task
+embedding precomputed), so a step costs what the unconditional network's step costs. sigma_y has no embedding: it reaches the network through
 the conditioning channels (x_reg uses rho0 = sigma_y^2 / sigma_data^2).
 
 Loading (:func:`load_backbone`) is offline only: ``HF_HUB_OFFLINE=1`` (unless already set),
@@ -34,6 +37,7 @@ never by exactpost's core.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +47,7 @@ import torch
 from torch import nn
 
 from ..nets.precond import _sigma_vector
+from .constant_inputs import ConstantInputCache
 from .layout import BackboneError, CARD_NAME, FolderLayout, read_json, resolve_folder
 from .vp_schedule import VPSchedule, check_scheduler_config
 
@@ -144,6 +149,10 @@ class DiffusersUNetDenoiser(nn.Module):
         self._config = BackboneConfig(_image_size(unet), c, int(cfg.in_channels) - c, int(num_tasks),
                                       prediction_type, bool(learned_variance))
         self.class_label = class_label
+        #: inference with the same cond / task on every call (a restoration) folds them into the
+        #: network once (:mod:`~exactpost.backbones.constant_inputs`); False: concatenate each call
+        self.fold_constant_inputs = True
+        self._constant_inputs = ConstantInputCache()
 
     @property
     def config(self) -> BackboneConfig:
@@ -180,24 +189,40 @@ class DiffusersUNetDenoiser(nn.Module):
         """The network's raw output (mean half) in its own parameterisation, [B, C, H, W]
         in x's dtype, for x = x0 + sigma e (sigma float or [B], > 0)."""
         self._check(x, cond)
-        s = _sigma_vector(sigma, x.shape[0], x)
-        a = (1.0 / (1.0 + s**2).sqrt()).to(x.dtype).reshape(-1, 1, 1, 1)
         dtype = self.unet.conv_in.weight.dtype  # not unet.dtype: diffusers walks every module for it
-        inp = (a * x).to(dtype)
-        if cond is not None:
-            inp = torch.cat([inp, cond.to(dtype)], dim=1)
-        t = self.schedule.timestep(s.cpu())  # the sigma table lives on the CPU
-        t = t.round().long() if self.unet.config.time_embedding_type == "learned" else t.to(torch.float32)
-        out = self.unet(inp, t.to(x.device), class_labels=self._labels(task_id, x.shape[0], x.device),
-                        return_dict=False)[0]
+        learned = self.unet.config.time_embedding_type == "learned"
+        sf = _uniform_sigma(sigma, x.shape[0])
+        if sf is not None:  # one noise level for the batch (a sampler step): Python floats, few tensor ops
+            inp = (x * (1.0 / math.sqrt(1.0 + sf * sf))).to(dtype)
+            tf = self.schedule.timestep_float(sf)
+            t = torch.full((x.shape[0],), round(tf) if learned else tf, device=x.device,
+                           dtype=torch.long if learned else torch.float32)
+        else:
+            s = _sigma_vector(sigma, x.shape[0], x)
+            a = (1.0 / (1.0 + s**2).sqrt()).to(x.dtype).reshape(-1, 1, 1, 1)
+            inp = (a * x).to(dtype)
+            t = self.schedule.timestep(s.cpu())  # the sigma table lives on the CPU
+            t = (t.round().long() if learned else t.to(torch.float32)).to(x.device)
+        labels = self._labels(task_id, x.shape[0], x.device)
+        fast = (self._constant_inputs.get(self.unet, self._config.image_channels, x, cond, labels)
+                if self.fold_constant_inputs else None)
+        if fast is not None:  # cond and labels folded in once (constant_inputs): x alone goes in
+            out = fast(inp, t, return_dict=False)[0]
+        else:
+            if cond is not None:
+                inp = torch.cat([inp, cond.to(dtype)], dim=1)
+            out = self.unet(inp, t, class_labels=labels, return_dict=False)[0]
         return out[:, : self._config.image_channels].to(x.dtype)
 
     def to_x0(self, out: torch.Tensor, x: torch.Tensor, sigma: Any) -> torch.Tensor:
         """x0_hat from the network output ``out`` at x = x0 + sigma e (module docstring)."""
-        s = _sigma_vector(sigma, x.shape[0], x)
         kind = self._config.prediction_type
         if kind == "sample":
             return out
+        sf = _uniform_sigma(sigma, x.shape[0])
+        if sf is not None and kind == "epsilon":
+            return torch.sub(x, out, alpha=sf)
+        s = _sigma_vector(sigma, x.shape[0], x)
         sv = s.to(x.dtype).reshape(-1, 1, 1, 1)
         if kind == "epsilon":
             return x - sv * out
@@ -223,7 +248,24 @@ class DiffusersUNetDenoiser(nn.Module):
                 sigma_y: Any = None) -> torch.Tensor:
         """x0_hat [B, C, H, W] for x = x0 + sigma e (sigma float or [B]); ``sigma_y`` is
         accepted for the EDMPrecond interface and not used (module docstring)."""
+        sf = _uniform_sigma(sigma, x.shape[0])  # parsed once for both halves
+        sigma = sf if sf is not None else sigma
         return self.to_x0(self.prediction(x, sigma, cond, task_id), x, sigma)
+
+
+def _uniform_sigma(sigma: Any, batch: int) -> Optional[float]:
+    """sigma as one Python float when it is a number or a tensor of 1 or ``batch`` equal
+    values, else None; ValueError (as :func:`~exactpost.nets.precond._sigma_vector`) for a
+    value that is not finite and > 0."""
+    if isinstance(sigma, (int, float)):
+        values = [float(sigma)]
+    elif isinstance(sigma, torch.Tensor) and sigma.numel() in (1, batch) and sigma.dim() <= 1:
+        values = sigma.detach().reshape(-1).tolist()
+    else:
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"sigma must be finite and > 0, got {values}; use sigma_min > 0 for the last step")
+    return values[0] if all(v == values[0] for v in values) else None
 
 
 # --- loading ------------------------------------------------------------------------------

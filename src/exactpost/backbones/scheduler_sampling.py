@@ -23,8 +23,11 @@ EulerAncestralDiscrete, DPMSolverMultistep, UniPCMultistep.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import math
+import weakref
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
@@ -52,7 +55,27 @@ def make_scheduler(name: str, config: Mapping[str, Any], **overrides: Any) -> An
     return getattr(import_diffusers(), name).from_config(dict(config), **overrides)
 
 
+#: scheduler -> (its config object, the driving template built from it): from_config costs
+#: ~1.2-1.7 ms (diffusers inspects signatures), a deep copy of the template ~0.25 ms
+_TEMPLATES: "weakref.WeakKeyDictionary[Any, tuple[Any, Any]]" = weakref.WeakKeyDictionary()
+
+
 def _driving_copy(scheduler: Any) -> Any:
+    """A fresh copy of ``scheduler`` set up to be driven (module docstring): a deep copy of a
+    template built once per scheduler object and config (the caller's is never modified)."""
+    try:
+        cached = _TEMPLATES.get(scheduler)
+    except TypeError:  # not weak-referenceable
+        cached = None
+    if cached is not None and cached[0] is scheduler.config:
+        return copy.deepcopy(cached[1])
+    template = _build_driving(scheduler)
+    with contextlib.suppress(TypeError):
+        _TEMPLATES[scheduler] = (scheduler.config, template)
+    return copy.deepcopy(template)
+
+
+def _build_driving(scheduler: Any) -> Any:
     name = type(scheduler).__name__
     if name not in DRIVABLE:
         raise BackboneError(f"scheduler {name} is not one exactpost drives; choose one of {', '.join(DRIVABLE)}")

@@ -23,6 +23,8 @@ schedulers get a one-line error naming the ones that work.
 
 from __future__ import annotations
 
+import bisect
+import math
 from typing import Any, Mapping
 
 import torch
@@ -77,6 +79,7 @@ class VPSchedule:
         #: [T] sigma_k, increasing
         self.sigmas = sig
         self._log = sig.log()
+        self._log_list = self._log.tolist()  # the same table as Python floats (timestep_float)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -97,6 +100,14 @@ class VPSchedule:
         lo, hi = self._log[k], self._log[k + 1]
         t = k.to(torch.float64) + (ls.flatten() - lo) / (hi - lo)
         return t.clamp(0, self.num_train_timesteps - 1).reshape(ls.shape)
+
+    def timestep_float(self, sigma: float) -> float:
+        """t(sigma) for one sigma > 0 in Python floats (the same formula as :meth:`timestep`,
+        without tensor operations: a sampler step queries one noise level for the whole batch)."""
+        ls, table, n = math.log(sigma), self._log_list, len(self._log_list)
+        k = min(max(bisect.bisect_right(table, ls), 1), n - 1) - 1
+        t = k + (ls - table[k]) / (table[k + 1] - table[k])
+        return min(max(t, 0.0), float(n - 1))
 
     def sigma_of_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """The inverse map on [0, T-1]: log sigma linear between integer timesteps (float64)."""
