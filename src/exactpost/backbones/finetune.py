@@ -24,8 +24,17 @@
    data, steps, the weights' sha256, the objective with its task ids). The folder is written
    beside the target and swapped in, so a crash leaves the old folder or the new one.
 
-Not supported on this path (one-line errors or stated here): resuming a stopped run (a rerun
-starts again from ``--init-from``), several processes, bf16 autocast (it runs float32).
+5. Resuming, as exactpost's own trainer: every ``--checkpoint-every`` steps, at the end and on
+   SIGTERM/SIGINT the whole training state (weights, EMA, AdamW, the data order, the noise
+   and global generators, the step) is written atomically to ``RUN_DIR/state.safetensors`` +
+   ``state.json`` (:func:`~exactpost.training.checkpoint.save_checkpoint`) and the EMA model is
+   exported to ``RUN_DIR/model/``. Rerunning the same command on the same run folder continues
+   from the last checkpoint and ends with the same weights as an uninterrupted run (tested bit
+   for bit); a rerun that changes what the run learns (objective, tasks, data, batch size,
+   seed, ``--init-from`` or its weights) is refused in one line.
+
+Not supported on this path (one-line errors or stated here): several processes, bf16
+autocast (it runs float32).
 """
 
 from __future__ import annotations
@@ -46,7 +55,10 @@ from ..atomic import write_atomic
 from ..conditioning import extends
 from ..tasks import task_names
 from ..training.data import BatchStream, load_images
-from ..training.loop import EMA, TrainConfig, _eval_images, _hardware, _on_cpu, evaluate, resolve_device
+from ..training.checkpoint import checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
+from ..training.loop import (EMA, TrainConfig, _check_same_problem, _eval_images, _hardware, _on_cpu, evaluate,
+                             resolve_device)
+from ..training.stop import StopRequests, TrainingStopped
 from ..training.objectives import Batch, Objective, make_batch
 from .diffusers_unet import DiffusersUNetDenoiser, file_sha256, load_backbone
 from .layout import CARD_NAME, WEIGHTS_NAME, BackboneError, read_json, resolve_folder
@@ -124,8 +136,9 @@ def save_folder(dest: Path, model: DiffusersUNetDenoiser, scheduler_config: dict
 
 
 def finetune_diffusers(cfg: TrainConfig) -> dict[str, Any]:
-    """Fine-tune the diffusers model in ``cfg.init_from`` as configured (module docstring);
-    returns {"model": folder, "card": card, "metrics": last held-out metrics}."""
+    """Fine-tune the diffusers model in ``cfg.init_from`` as configured, or resume the run in
+    ``cfg.run_dir`` from its last checkpoint (module docstring); returns {"model": folder,
+    "card": card, "metrics": last held-out metrics}."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise BackboneError("fine-tuning a diffusers model runs in one process; launch it without accelerate/torchrun")
     if cfg.threads:
@@ -140,73 +153,121 @@ def finetune_diffusers(cfg: TrainConfig) -> dict[str, Any]:
     eval_images = _eval_images(dataclasses.replace(cfg, image_size=model.config.image_size), images)
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 3)  # dropout, if the model has any
-        history, wall, last_loss = _loop(cfg, model, objective, images, eval_images, run, device)
-    ema_model, steps = history.pop("ema"), cfg.steps
     obj = objective.to_dict()
     obj["noise"] = objective.noise.to_dict()
-    card = {
-        "format": CARD_FORMAT, "backbone": ema_model.to_dict(), "objective": obj,
+    card_base = {
+        "format": CARD_FORMAT, "backbone": model.to_dict(), "objective": obj,
         "data": dict(path=str(cfg.data), key=cfg.data_key, split=cfg.data_split, images=len(images),
                      image_size=model.config.image_size),
-        "steps": steps, "images_seen": steps * cfg.batch_size, "wall_time_s": round(wall, 1),
-        "loss": last_loss, "metrics": history["evals"][-1] if history["evals"] else {},
         "init_from": str(cfg.init_from), "init_sha256": start_card.get("sha256"),
-        "params": sum(p.numel() for p in ema_model.parameters()), "precision": "fp32",
-        "command": cfg.command, "config": cfg.to_dict(), "hardware": _hardware(1, device),
+        "params": sum(p.numel() for p in model.parameters()), "precision": "fp32",
+        "hardware": _hardware(1, device),
     }
-    ema_model.cpu()
-    card = save_folder(run / "model", ema_model, sched_cfg, card)
-    return {"model": str(run / "model"), "card": card, "metrics": card["metrics"]}
+    with torch.random.fork_rng(devices=[]), StopRequests() as stop:
+        torch.manual_seed(cfg.seed + 3)  # dropout, if the model has any (a resumed run restores its state)
+        history = _loop(cfg, model, objective, images, eval_images, run, device, card_base, sched_cfg, stop)
+    return {"model": str(run / "model"), "card": history["card"], "metrics": history["card"]["metrics"]}
 
 
 def _loop(cfg: TrainConfig, model: DiffusersUNetDenoiser, objective: Objective, images: torch.Tensor,
-          eval_images, run: Path, device: torch.device) -> tuple[dict, float, float]:
+          eval_images, run: Path, device: torch.device, card_base: dict, sched_cfg: dict,
+          stop: StopRequests) -> dict:
+    """Train from step 0, or from the state in ``run/state`` (same command: same problem,
+    checked), saving the state and exporting the model every ``checkpoint_every`` steps,
+    at the end and when a stop is requested. Returns {"card": the exported model's card}."""
     ema = EMA(model, cfg.ema_halflife_kimg, cfg.ema_rampup)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    stream = BatchStream(images, cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
+    data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     noise_gen = torch.Generator().manual_seed(cfg.seed + 2)
+    stream = BatchStream(images, cfg.batch_size, data_gen)
+    state_path = run / "state"
+    step, wall, loss_value = 0, 0.0, math.nan
     evals: list[dict] = []
-    wall, loss_value = 0.0, math.nan
+    if checkpoint_paths(state_path)[1].exists():
+        tensors, saved = load_checkpoint(state_path, expect={"backbone": model.to_dict()})
+        _check_same_problem(saved.get("config"), cfg, run)
+        if saved.get("init_sha256") != card_base["init_sha256"]:
+            raise BackboneError(f"{run} was started from weights with sha256 {str(saved.get('init_sha256'))[:12]}..., "
+                                f"not {str(card_base['init_sha256'])[:12]}... ({cfg.init_from} changed); resume with "
+                                f"the original folder or start a new --run-dir")
+        info = unpack_state(tensors, saved, model=model, ema=ema, optimizer=opt,
+                            rng={"data": data_gen, "noise": noise_gen})
+        extra = info["extra"]
+        step, wall, loss_value = info["step"], float(extra["wall_time"]), float(extra["loss"])
+        stream.load_state({"perm": extra["perm"], "pos": extra["pos"], "generator": data_gen.get_state()})
+        evals = list(saved.get("eval_history", []))
+    (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    def export() -> dict:
+        card = {**card_base, "steps": step, "images_seen": step * cfg.batch_size, "wall_time_s": round(wall, 1),
+                "loss": loss_value, "metrics": evals[-1] if evals else {}, "command": cfg.command,
+                "config": cfg.to_dict()}
+        return save_folder(run / "model", _on_cpu(ema.module), sched_cfg, card)
+
+    def save_state() -> dict:
+        tensors, part = pack_state(model=model, ema=ema, optimizer=opt, step=step,
+                                   rng={"data": data_gen, "noise": noise_gen},
+                                   extra={"wall_time": wall, "loss": loss_value, "perm": stream.perm,
+                                          "pos": stream.pos})
+        save_checkpoint(state_path, tensors, {"backbone": model.to_dict(), "config": cfg.to_dict(),
+                                              "init_sha256": card_base["init_sha256"], "eval_history": evals, **part})
+        return export()
+
     bar = None
     if cfg.progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, desc=f"finetune {objective.kind} (diffusers)", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"finetune {objective.kind} (diffusers)", unit="step",
+                   dynamic_ncols=True)
+    card = None
     model.train()
-    with (run / "metrics.jsonl").open("a") as log:
-        for step in range(1, cfg.steps + 1):
-            t0 = time.perf_counter()
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
-            batch = make_batch(objective, stream.next(), noise_gen)
-            batch = Batch(*(None if v is None else v.to(device) for v in
-                            (batch.x0, batch.sigma, batch.inp, batch.cond, batch.task_id, batch.sigma_y)))
-            loss = loss_on_batch(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            ema.update(model, cfg.batch_size, step * cfg.batch_size)
-            wall += time.perf_counter() - t0
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise BackboneError(f"the loss became {loss_value} at step {step}; lower --lr")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                log.write(json.dumps(dict(step=step, loss=loss_value, grad_norm=float(grad_norm),
-                                          lr=opt.param_groups[0]["lr"], wall_time_s=round(wall, 2))) + "\n")
-                log.flush()
-            if cfg.eval_every and eval_images is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-                metrics = dict(step=step, **evaluate(_on_cpu(ema.module), objective, eval_images))
-                evals.append(metrics)
-                log.write(json.dumps({"eval": metrics}) + "\n")
-                model.train()
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return {"ema": ema.module.eval(), "evals": evals}, wall, loss_value
+    try:
+        with (run / "metrics.jsonl").open("a") as log:
+            while step < cfg.steps:
+                t0 = time.perf_counter()
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+                batch = make_batch(objective, stream.next(), noise_gen)
+                batch = Batch(*(None if v is None else v.to(device) for v in
+                                (batch.x0, batch.sigma, batch.inp, batch.cond, batch.task_id, batch.sigma_y)))
+                loss = loss_on_batch(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                step += 1
+                ema.update(model, cfg.batch_size, step * cfg.batch_size)
+                wall += time.perf_counter() - t0
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise BackboneError(f"the loss became {loss_value} at step {step}; lower --lr")
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    log.write(json.dumps(dict(step=step, loss=loss_value, grad_norm=float(grad_norm),
+                                              lr=opt.param_groups[0]["lr"], wall_time_s=round(wall, 2))) + "\n")
+                    log.flush()
+                if cfg.eval_every and eval_images is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                    metrics = dict(step=step, **evaluate(_on_cpu(ema.module), objective, eval_images))
+                    evals.append(metrics)
+                    log.write(json.dumps({"eval": metrics}) + "\n")
+                    log.flush()
+                    model.train()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                    bar.update(1)
+                saved = step % cfg.checkpoint_every == 0 or step == cfg.steps
+                if saved:
+                    card = save_state()
+                if stop.requested:
+                    if not saved:
+                        save_state()
+                    raise TrainingStopped(f"stopped by {stop.name} at step {step} of {cfg.steps}; state saved in "
+                                          f"{state_path}; rerun the same command to resume", stop.signum)
+    finally:
+        if bar is not None:
+            bar.close()
+    if card is None:  # nothing left to train (a finished run rerun): the exported model stands
+        card = export() if not (run / "model" / CARD_NAME).is_file() else read_json(run / "model" / CARD_NAME,
+                                                                                   "exactpost card")
+    return {"card": card}
 
 
 def finetune_command(cfg: TrainConfig) -> int:
