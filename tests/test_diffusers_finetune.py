@@ -165,3 +165,14 @@ def test_bench_images_takes_a_family_folder_of_diffusers_models(env, capsys, tmp
     assert rc == 0, capsys.readouterr().err
     table = (tmp_path / "out.md").read_text()
     assert "eps" in table and "ddnm" in table
+
+
+def test_finetune_help_explains_the_diffusers_path(capsys):
+    assert main(["finetune", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    start = text.rindex("--init-from INIT_FROM")  # the option's entry, not the usage line
+    init_help = text[start:text.index("--batch-size", start)]
+    assert "diffusers UNet2DModel folder" in init_help
+    for needle in ("conv_in is widened", "zero-initialised class embedding used as the task embedding",
+                   "sigma_y has no embedding", "UNet2DModel.from_pretrained", "--scheduler", "resume"):
+        assert needle in text, needle

@@ -203,7 +203,9 @@ TRAIN_HELP: dict[str, str] = {
     "preset": "U-Net size: {presets}",
     "unet": "JSON object of U-Net fields overriding the preset's, e.g. '{{\"base_width\": 64, \"dropout\": 0.1}}'",
     "init_from": "model checkpoint to start from (path without extension): a prior to fine-tune, or an eps/palette "
-                 "model whose conditioning the new one extends (default: a fresh network)",
+                 "model whose conditioning the new one extends; or a local diffusers UNet2DModel folder (flat, or a "
+                 "pipeline folder with unet/ and scheduler/; safetensors weights, offline), fine-tuned into a "
+                 "diffusers folder RUN_DIR/model (see finetune --help) (default: a fresh network)",
     "batch_size": "training images per optimiser step, all processes together, >= 1",
     "lr": "AdamW learning rate after the warm-up, > 0",
     "warmup_steps": "steps of linear learning-rate warm-up from 0, >= 0",
@@ -524,6 +526,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = command("train", "train a prior, an EPS or a Palette network")
     _add_train_flags(t, None)
     f = command("finetune", "fine-tune a prior into an EPS network (--init-from PRIOR)")
+    f.epilog = ("A diffusers model (--init-from a local UNet2DModel folder with its scheduler config, DDPM-style "
+                "betas, epsilon/v/sample prediction): its conv_in is widened by the conditioning channels of "
+                "--conditioning (A^T y, the certainty map, x_reg), their weights zero-initialised, and an "
+                "unconditional model gets a zero-initialised class embedding used as the task embedding (one row "
+                "per task); sigma_y has no embedding and reaches the network through x_reg. At step 0 the network "
+                "computes what it did before. It trains in its own timesteps and parameterisation (float32; "
+                "--preset, --unet, --image-size, --uniform-frac, --precision, --channels-last and --snapshot-every "
+                "do not apply) and is saved as a diffusers folder RUN_DIR/model (loadable by "
+                "UNet2DModel.from_pretrained) with exactpost.json (command, data, steps, sha256); "
+                "exactpost restore --model RUN_DIR/model samples it (--scheduler NAME: with its own diffusers "
+                "scheduler). Interrupted runs resume: rerun the same command.")
     _add_train_flags(f, "eps")
     s = command("sample", "unconditional samples from a prior, as a PNG grid")
     s.add_argument("--model", required=True, help="model checkpoint of an unconditional prior: path without "
