@@ -192,3 +192,36 @@ def test_ablations_run_every_part_and_report_measured_numbers(models_env, tmp_pa
     assert "## Warm start" in md and "| sr8 | eps | sr4 |" in md and "| sr8 | ddnm | - | 4 | - |" in md
     assert "Command: `test`" in md
     json.loads((tmp_path / "ab.json").read_text())
+
+
+def test_gmm_cost_claim_ratios_use_the_same_problems_and_claims_only_the_full_protocol(tmp_path):
+    """benchmarks/gmm_cost_claim.py on synthetic cache records: a ratio divides by the floors of
+    the problems measured at that budget; the first budget within 1.3x is read on full-protocol
+    budgets only (a lucky 1-problem budget is reported apart, not claimed)."""
+    gc = _load("gmm_cost_claim")
+    from exactpost.sampler_spec import DEFAULT
+
+    recs = {}
+
+    def add(method, nfe, p, sw, sampler=None):
+        key = f"d8_dy1_p{p}__{method}{'[' + sampler + ']' if sampler else ''}_nfe{nfe}"
+        recs[key] = dict(key=key, d=8, dy=1, problem=p, method=method, nfe_budget=nfe, sw=sw,
+                         **({"sampler": sampler} if sampler else {}))
+
+    for p in range(20):
+        add("exact", 0, p, 1.0 + p)  # floors 1..20: problem 0 has the smallest
+        add("eps-oracle", 10, p, 2.0 * (1.0 + p), DEFAULT.name)
+        add("eps-oracle", 20, p, 1.2 * (1.0 + p), DEFAULT.name)
+        add("dps", 100, p, 5.0 * (1.0 + p))
+    add("dps", 1000, 0, 1.1)  # one problem, within 1.3x of its own floor (1.0)
+    rows = gc.ratio_table(recs)
+    by = {(r["variant"], r["nfe"]): r for r in rows}
+    assert by[(f"eps-oracle[{DEFAULT.name}]", 20)]["ratio"] == pytest.approx(1.2)
+    assert by[("dps", 1000)]["ratio"] == pytest.approx(1.1) and by[("dps", 1000)]["problems"] == 1
+    cl = gc.claim(rows)
+    eps = cl[f"eps-oracle[{DEFAULT.name}]"]["settings"]["d=8, dy=1"]
+    assert eps["within"] and eps["nfe"] == 20 and eps["ratio"] == pytest.approx(1.2)
+    dps = cl["dps"]["settings"]["d=8, dy=1"]
+    assert not dps["within"] and dps["best_nfe"] == 100 and dps["best_ratio"] == pytest.approx(5.0)
+    sub = {(r["variant"], r["nfe"]): r["ratio"] for r in gc.subset_rows(recs, [0])}
+    assert sub[("dps", 100)] == pytest.approx(5.0) and sub[("dps", 1000)] == pytest.approx(1.1)
