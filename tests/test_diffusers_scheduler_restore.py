@@ -123,3 +123,24 @@ def test_bad_requests_are_one_line(env, capsys, tmp_path):
     one_line_error(capsys, restore(env, "x4", "--model", str(odd), "--scheduler", "own"), "not one exactpost drives")
     assert restore(env, "x5", "--model", str(odd), "--scheduler", "ddpm", "--nfe", "3") == 0
     assert check_scheduler_name("DDIMScheduler") == "DDIMScheduler" and check_scheduler_name("DPMSolver") == "dpmsolver"
+
+
+def test_bench_images_samples_with_the_scheduler(env, capsys, tmp_path):
+    import shutil
+
+    fam = tmp_path / "fam"
+    shutil.copytree(env / "prior", fam / "prior")
+    shutil.copytree(env / "run-eps" / "model", fam / "eps")
+    args = ["bench", "images", "--model", str(fam), "--data", str(env / "data.npz"), "--test-key", "images",
+            "--images", "2", "--samples", "2", "--tasks", "sr4", "--methods", "eps,ddnm", "--nfe", "4",
+            "--tuned", "none", "--no-bare", "--no-progress"]
+    assert main(args + ["--scheduler", "ddim", "--out", str(tmp_path / "a")]) == 0, capsys.readouterr().err
+    cells = {c["method"]: c for c in json.loads((tmp_path / "a.json").read_text())["cells"]}
+    assert cells["eps"]["sampler"]["scheduler"] == "DDIMScheduler" and cells["eps"]["nfe_sample"] == 4
+    assert "scheduler" not in cells["ddnm"]["sampler"]  # the baselines keep their own samplers
+    # a cache made with another scheduler is not reused (the scheduler is in the fingerprint)
+    rc = main(args + ["--scheduler", "euler", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert rc == 2 and ("fingerprint" in err.lower() or "fresh" in err), err
+    one_line_error(capsys, main(args[:3] + ["faces-32"] + args[4:] + ["--scheduler", "ddim", "--out",
+                                                                     str(tmp_path / "b")]), "not a diffusers folder")

@@ -177,6 +177,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampler of the eps cells (exactpost.sampler_spec, e.g. 'dpmpp2m:loglinear:smin=0.01'; "
                              "'legacy': EDM Heun rho 7, the sampler of the runs before issue 21; default: the "
                              "measured default)")
+    parser.add_argument("--scheduler", default=None, metavar="NAME",
+                        help="sample the eps and palette cells with the diffusers models' own scheduler (the family's "
+                             "eps/palette must be diffusers folders; names as in restore --scheduler: own, ddpm, "
+                             "ddim, euler, euler-ancestral, dpmsolver, unipc; recorded in the cache fingerprint) "
+                             "(default: exactpost's samplers)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard a cache made with a different fingerprint instead of stopping (default: stop)")
     parser.add_argument("--merge", action="append", default=[], metavar="PREFIX",
@@ -224,6 +229,7 @@ class BenchConfig:
     methods_given: bool = False
     merge: list[str] = field(default_factory=list)
     eps_sampler: Optional[str] = None  # spec name; None: sampler_spec.DEFAULT
+    scheduler: Optional[str] = None  # a diffusers scheduler name for eps/palette (backbones.scheduler_restore)
 
     def budgets(self, method: str) -> list[int]:
         """The NFE budgets of ``method`` (ascending)."""
@@ -255,6 +261,8 @@ class BenchConfig:
             parts += ["--tuned", self.tuned]
         if self.eps_sampler is not None:
             parts += ["--eps-sampler", self.eps_sampler]
+        if self.scheduler is not None:
+            parts += ["--scheduler", self.scheduler]
         parts += ["--out", self.out]
         for other in self.merge:
             parts += ["--merge", other]
@@ -294,6 +302,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                       merge=list(getattr(args, "merge", None) or []))
     if getattr(args, "eps_sampler", None) is not None:
         cfg.eps_sampler = parse_spec(args.eps_sampler).name
+    if getattr(args, "scheduler", None) is not None:
+        from ..backbones.scheduler_restore import check_scheduler_name  # pure Python (no diffusers import)
+
+        if cfg.eps_sampler is not None:
+            raise ValueError("give --eps-sampler or --scheduler, not both")
+        cfg.scheduler = check_scheduler_name(args.scheduler)
     for m in methods:
         low = min(cfg.budgets(m))
         need = MIN_NFE.get(m, 2)
@@ -504,6 +518,7 @@ class Setup:
     measurements: dict[str, tuple[Any, torch.Tensor]] = field(default_factory=dict)
     _truth_feats: Optional[torch.Tensor] = None
     _bandwidth: Optional[float] = None
+    schedulers: dict[str, Any] = field(default_factory=dict)  # --scheduler: one per model kind
 
     def net(self, kind: str) -> torch.nn.Module:
         if kind not in self.nets:
@@ -558,8 +573,18 @@ class Setup:
         """{eps_sampler: spec} when the eps cells use a sampler other than the legacy EDM Heun
         (so caches of earlier runs stay valid with ``--eps-sampler legacy`` and are never mixed
         with cells of another sampler); {} otherwise."""
+        if self.cfg.scheduler is not None:  # eps and palette cells both sampled by the diffusers scheduler
+            return dict(scheduler=self.cfg.scheduler)
         spec = parse_spec(self.cfg.eps_sampler) if self.cfg.eps_sampler is not None else DEFAULT
         return {} if spec == LEGACY else dict(eps_sampler=spec.name)
+
+    def scheduler(self, kind: str) -> Any:
+        """The diffusers scheduler of ``--scheduler`` built from the ``kind`` model's folder."""
+        from ..backbones.scheduler_restore import load_scheduler
+
+        if kind not in self.schedulers:
+            self.schedulers[kind] = load_scheduler(self.entries[kind].path, self.cfg.scheduler)
+        return self.schedulers[kind]
 
 
 def find_encoder(model: str) -> tuple[Any, str]:
@@ -602,6 +627,11 @@ def load_setup(cfg: BenchConfig) -> Setup:
                     raise
                 methods.remove(kind)
                 notices.append(f"model {family!r} has no {kind} network; {kind} is left out")
+    if cfg.scheduler is not None:
+        plain = [k for k in ("eps", "palette") if k in methods and entries[k] is not None and not zoo.is_diffusers(entries[k])]
+        if plain:
+            raise ValueError(f"--scheduler drives diffusers models' own schedulers; the {' and '.join(plain)} model of "
+                             f"{family!r} is not a diffusers folder (drop --scheduler)")
     prior_net = _freeze(zoo.load(prior))
     imgs, data = load_test_images(cfg, family, root, prior.card, prior_net.config.image_size)
     tuned, tuned_path = load_tuned(cfg, prior.card.get("sha256"), notices)
@@ -622,8 +652,10 @@ def restore_batch(setup: Setup, cell: Cell, op, y: torch.Tensor, g: torch.Genera
     card = setup.entries[kind].card
     settings = dict(setup.tuned.get(method, {}).get(cell.task, {})) if kind == "prior" else {}
     sampler = setup.cfg.eps_sampler if method == "eps" else None
+    scheduler = setup.scheduler(kind) if setup.cfg.scheduler is not None and method in TRAINED_METHODS else None
     return restore_measurement(method, net, card, op, y, setup.cfg.sigma_y, cell.task, n_samples=setup.cfg.samples,
-                               nfe=cell.nfe, generator=g, settings=settings, sampler=sampler), settings
+                               nfe=cell.nfe, generator=g, settings=settings, sampler=sampler,
+                               scheduler=scheduler), settings
 
 
 def score_cell(setup: Setup, samples: torch.Tensor, net_mean: Optional[torch.Tensor]) -> dict[str, Any]:
