@@ -116,3 +116,17 @@ def test_a_rerun_that_changes_the_problem_is_refused(env, capsys):
     rc = main(command(env, "full", "--seed", "7"))
     err = capsys.readouterr().err
     assert rc == 2 and "seed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bf16_precision_as_in_exactposts_trainer(env):
+    from safetensors.torch import load_file
+
+    assert main(command(env, "bf16", "--precision", "bf16", "--steps", "2")) == 0
+    assert main(command(env, "fp32", "--precision", "fp32", "--steps", "2")) == 0
+    cards = {p: json.loads((env / p / "model" / "exactpost.json").read_text()) for p in ("bf16", "fp32")}
+    assert cards["bf16"]["precision"] == "bf16" and cards["fp32"]["precision"] == "fp32"
+    a = load_file(str(env / "bf16" / "model" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(env / "fp32" / "model" / "diffusion_pytorch_model.safetensors"))
+    assert all(v.dtype == b[k].dtype for k, v in a.items())  # float32 master weights either way
+    assert all(bool(v.isfinite().all()) for v in a.values())
+    assert any(not v.equal(b[k]) for k, v in a.items())  # bf16 autocast really ran

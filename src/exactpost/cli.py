@@ -531,9 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--conditioning (A^T y, the certainty map, x_reg), their weights zero-initialised, and an "
                 "unconditional model gets a zero-initialised class embedding used as the task embedding (one row "
                 "per task); sigma_y has no embedding and reaches the network through x_reg. At step 0 the network "
-                "computes what it did before. It trains in its own timesteps and parameterisation (float32; "
-                "--preset, --unet, --image-size, --uniform-frac, --precision, --channels-last and --snapshot-every "
-                "do not apply) and is saved as a diffusers folder RUN_DIR/model (loadable by "
+                "computes what it did before. It trains in its own timesteps and parameterisation (--precision as "
+                "for exactpost's networks; --preset, --unet, --image-size, --uniform-frac, --channels-last and "
+                "--snapshot-every do not apply) and is saved as a diffusers folder RUN_DIR/model (loadable by "
                 "UNet2DModel.from_pretrained) with exactpost.json (command, data, steps, sha256); "
                 "exactpost restore --model RUN_DIR/model samples it (--scheduler NAME: with its own diffusers "
                 "scheduler). Interrupted runs resume: rerun the same command.")

@@ -17,7 +17,9 @@
    between its output (the mean half) and the target a perfect network would return for
    (x0, input, sigma) -- epsilon (input - x0) / sigma, v, or x0
    (:meth:`~exactpost.backbones.diffusers_unet.DiffusersUNetDenoiser.target`).
-4. AdamW with warm-up, gradient clipping and an EMA (exactpost's), float32. The EMA weights
+4. AdamW with warm-up, gradient clipping and an EMA (exactpost's); ``--precision`` as in
+   exactpost's trainer (bf16 autocast with float32 master weights, or fp32; ``auto`` = bf16
+   where it is faster, :mod:`exactpost.training.precision`); the card records which. The EMA weights
    are saved as a flat diffusers folder ``RUN_DIR/model/`` (``config.json``,
    ``diffusion_pytorch_model.safetensors``: loadable by plain ``UNet2DModel.from_pretrained``),
    the model's ``scheduler_config.json``, and exactpost's card ``exactpost.json`` (command,
@@ -33,8 +35,8 @@
    for bit); a rerun that changes what the run learns (objective, tasks, data, batch size,
    seed, ``--init-from`` or its weights) is refused in one line.
 
-Not supported on this path (one-line errors or stated here): several processes, bf16
-autocast (it runs float32).
+Not supported on this path (one-line errors or stated here): several processes,
+``--channels-last``, ``--snapshot-every``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from ..training.data import BatchStream, load_images
 from ..training.checkpoint import checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
 from ..training.loop import (EMA, TrainConfig, _check_same_problem, _eval_images, _hardware, _on_cpu, evaluate,
                              resolve_device)
+from ..training.precision import autocast_for, resolve_precision
 from ..training.stop import StopRequests, TrainingStopped
 from ..training.objectives import Batch, Objective, make_batch
 from .diffusers_unet import DiffusersUNetDenoiser, file_sha256, load_backbone
@@ -160,7 +163,7 @@ def finetune_diffusers(cfg: TrainConfig) -> dict[str, Any]:
         "data": dict(path=str(cfg.data), key=cfg.data_key, split=cfg.data_split, images=len(images),
                      image_size=model.config.image_size),
         "init_from": str(cfg.init_from), "init_sha256": start_card.get("sha256"),
-        "params": sum(p.numel() for p in model.parameters()), "precision": "fp32",
+        "params": sum(p.numel() for p in model.parameters()), "precision": resolve_precision(cfg.precision, device),
         "hardware": _hardware(1, device),
     }
     with torch.random.fork_rng(devices=[]), StopRequests() as stop:
@@ -229,7 +232,8 @@ def _loop(cfg: TrainConfig, model: DiffusersUNetDenoiser, objective: Objective, 
                 batch = make_batch(objective, stream.next(), noise_gen)
                 batch = Batch(*(None if v is None else v.to(device) for v in
                                 (batch.x0, batch.sigma, batch.inp, batch.cond, batch.task_id, batch.sigma_y)))
-                loss = loss_on_batch(model, batch)
+                with autocast_for(card_base["precision"], device):  # bf16 autocast, float32 master weights
+                    loss = loss_on_batch(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
