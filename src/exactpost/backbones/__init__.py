@@ -13,7 +13,12 @@ called (offline). exactpost's core reaches this package only through
 * :mod:`.widen`: zero-initialised conditioning channels and task embedding;
 * :mod:`.scheduler_sampling`: :func:`scheduler_sample` drives diffusers schedulers with any
   exactpost denoiser (the EPS posterior denoiser included);
-* :mod:`.finetune`: EPS / Palette fine-tuning, saved as a diffusers folder with exactpost's card.
+* :mod:`.scheduler_restore`: ``exactpost restore --scheduler NAME``: EPS / Palette restoration
+  sampled by the model's own diffusers scheduler;
+* :mod:`.constant_inputs`: the conditioning channels and task embedding of a restoration folded
+  into the network once (a step then costs what the unconditional network's step costs);
+* :mod:`.finetune`: EPS / Palette fine-tuning (resumable), saved as a diffusers folder with
+  exactpost's card.
 """
 
 from .diffusers_unet import BackboneConfig, DiffusersUNetDenoiser, load_backbone
