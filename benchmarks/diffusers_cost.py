@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     cmd = (f"python benchmarks/diffusers_cost.py --arch {args.arch} --scheduler {args.scheduler} --batch {args.batch} "
            f"--steps {args.steps} --repeats {args.repeats} --threads {args.threads}"
-           + ("" if args.unfolded else " --no-unfolded"))
+           + ("" if args.unfolded else " --no-unfolded")
+           + ("" if args.tasks == ",".join(task_names()) else f" --tasks {args.tasks}"))
     meta = dict(command=cmd, date=time.strftime("%Y-%m-%d"), params=params, arch=args.arch,
                 machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU", torch=torch.__version__,
                 diffusers=import_diffusers().__version__)
