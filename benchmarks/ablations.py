@@ -42,13 +42,13 @@ import torch
 
 from exactpost import zoo
 from exactpost.demo import task_seed
-from exactpost.imageio import save_text
+from exactpost.io.images import save_text
 from exactpost.metrics import crps, psnr
 from exactpost.restore import restore_measurement
 from exactpost.restoration import Restoration, eps_restore
 from exactpost.tasks import TASKS, TaskSpec, make_operator, simulate
-from exactpost.training.data import load_images, to_float
-from exactpost.training.loop import load_model
+from exactpost.io.images import load_images, to_float
+from exactpost.nets import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = ("warmstart", "extreme", "amortisation")

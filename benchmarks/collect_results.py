@@ -80,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = ap.parse_args()
-    from exactpost.imageio import save_text
+    from exactpost.io.images import save_text
 
     save_text(args.out, collect())
     print(f"wrote {args.out}")

@@ -33,8 +33,9 @@ import torch
 from exactpost.metrics import crps, psnr
 from exactpost.restoration import eps_restore, palette_restore
 from exactpost.tasks import make_operator, simulate
-from exactpost.training.data import load_images, to_float
-from exactpost.training.loop import TrainConfig, evaluate, load_model, train
+from exactpost.io.images import load_images, to_float
+from exactpost.nets import load_model
+from exactpost.training.loop import TrainConfig, evaluate, train
 
 VARIANTS = {  # name: (objective kind, conditioning)
     "pivot": ("eps", "pivot"),

@@ -114,7 +114,7 @@ def load_setup(args: argparse.Namespace, methods: Sequence[str]) -> Setup:
     from exactpost import zoo
     from exactpost.demo import task_seed
     from exactpost.tasks import make_operator, simulate
-    from exactpost.training.data import resize_uint8, to_float, to_nchw_uint8
+    from exactpost.io.images import resize_uint8, to_float, to_nchw_uint8
 
     prior_entry = zoo.find_model(args.model, "prior")
     prior = _freeze(zoo.load(prior_entry))

@@ -31,12 +31,12 @@ import torch
 
 from exactpost import zoo
 from exactpost.demo import task_seed
-from exactpost.imageio import save_text
+from exactpost.io.images import save_text
 from exactpost.gaussian_prior import GaussianPrior
 from exactpost.metrics import crps, psnr, ssim
 from exactpost.restoration import eps_restore, palette_restore
 from exactpost.tasks import make_operator, simulate, task_names
-from exactpost.training.data import load_images, to_float
+from exactpost.io.images import load_images, to_float
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -41,10 +41,10 @@ import torch  # noqa: E402
 
 import exactpost  # noqa: E402
 from exactpost.conditioning import regularized_backprojection  # noqa: E402
-from exactpost.imageio import save_text  # noqa: E402
+from exactpost.io.images import save_text  # noqa: E402
 from exactpost.metrics import crps, psnr  # noqa: E402
 from exactpost.tasks import task_names  # noqa: E402
-from exactpost.training.data import load_images, to_float  # noqa: E402
+from exactpost.io.images import load_images, to_float  # noqa: E402
 
 
 def patterns(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import build, machine, parse_configs, synthetic_images  # noqa: E402
 
-from exactpost.imageio import save_text  # noqa: E402
+from exactpost.io.images import save_text  # noqa: E402
 
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "fp32+channels_last": ("fp32", True),
             "bf16+channels_last": ("bf16", True)}

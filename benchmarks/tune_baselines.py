@@ -173,7 +173,7 @@ def run_tuning(args: argparse.Namespace) -> dict:
     from exactpost.interpolants import EDM
     from exactpost.nets.precond import as_denoiser
     from exactpost.tasks import make_operator, simulate, task_names
-    from exactpost.training.data import load_images, to_float
+    from exactpost.io.images import load_images, to_float
 
     entry = zoo.find_model(args.model, "prior")
     net = zoo.load(entry).eval()

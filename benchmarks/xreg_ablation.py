@@ -43,13 +43,13 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from exactpost.imageio import save_text  # noqa: E402
+from exactpost.io.images import save_text  # noqa: E402
 from exactpost.conditioning import SIGMA_DATA  # noqa: E402
 from exactpost.metrics import crps, psnr  # noqa: E402
 from exactpost.restoration import eps_restore  # noqa: E402
 from exactpost.tasks import make_operator, simulate, task_names  # noqa: E402
-from exactpost.training.data import load_images, to_float  # noqa: E402
-from exactpost.training.loop import load_model  # noqa: E402
+from exactpost.io.images import load_images, to_float  # noqa: E402
+from exactpost.nets import load_model  # noqa: E402
 
 
 def _measurements(x0: torch.Tensor, sigma_y: float, seed: int) -> dict:

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from exactpost.imageio import save_text
-from exactpost.training.loop import load_model
+from exactpost.io.images import save_text
+from exactpost.nets import load_model
 from exactpost.zoo import KINDS, models_dir
 
 

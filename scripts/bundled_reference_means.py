@@ -18,7 +18,7 @@ import torch
 
 from exactpost.restoration import eps_restore, palette_restore
 from exactpost.tasks import make_operator, simulate, task_names
-from exactpost.training.loop import load_model
+from exactpost.nets import load_model
 
 FAMILIES = ("faces-32", "cifar10-32")
 

@@ -11,7 +11,7 @@ import exactpost
 import exactpost.api
 from exactpost.restoration import eps_restore
 from exactpost.tasks import make_operator, simulate
-from exactpost.training.loop import load_model
+from exactpost.nets import load_model
 
 
 def test_the_api_doctests_run():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from exactpost.atomic import write_atomic
-from exactpost.training.checkpoint import checkpoint_paths, save_checkpoint
+from exactpost.io.checkpoint import checkpoint_paths, save_checkpoint
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from exactpost.nets import EDMPrecond, UNet, UNetConfig
-from exactpost.training import checkpoint as ckpt
-from exactpost.training.checkpoint import (
+from exactpost.io import checkpoint as ckpt
+from exactpost.io.checkpoint import (
     CheckpointError,
     checkpoint_paths,
     load_checkpoint,

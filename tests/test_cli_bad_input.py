@@ -336,3 +336,16 @@ def test_help_exits_0_and_prints_defaults(capsys):
     assert "TrainConfig." not in out and "(default 1000)" in out and "EXACTPOST_DEBUG" in out
     assert cli.main(["restore", "--help"]) == 0
     assert "(default: faces-32)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_restore_help_names_every_method(capsys):
+    """`exactpost restore --help` lists every method by name, generated from the registries:
+    a newly registered baseline shows up without editing the help."""
+    from exactpost.api import methods
+
+    assert cli.main(["restore", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    named = ["eps", "palette", "zero-shot-pivot", "dps", "pigdm", "ddnm", "ddrm", "daps", "mpgd"]
+    assert set(named) <= set(methods())
+    for name in methods():
+        assert f" {name} " in out.replace(",", " ").replace(":", " ").replace("(", " "), name

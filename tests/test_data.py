@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from exactpost.training.data import BatchStream, DataError, load_images, resize_uint8, to_float, to_uint8
+from exactpost.io.images import DataError, load_images, resize_uint8, to_float, to_uint8
+from exactpost.training.data import BatchStream
 
 
 def test_npz_with_split_and_key(tmp_path):

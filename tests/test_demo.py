@@ -10,6 +10,7 @@ from PIL import Image
 
 from exactpost import zoo
 from exactpost.cli import main
+from exactpost.io.images import LABEL_HEIGHT
 from exactpost.tasks import task_names
 from zoo_helpers import make_tiny_models
 
@@ -26,8 +27,14 @@ def test_demo_writes_one_panel_per_task_and_results(models_env, tmp_path, capsys
         for k in ("psnr_mean", "ssim_mean", "psnr_sample", "ssim_sample", "crps", "seconds_per_image"):
             assert np.isfinite(r[k])
         img = np.asarray(Image.open(out / r["image"]))
-        # 3 rows (images) x (truth, measurement, mean, 2 samples, std) columns of 32 px, 1 px gaps
-        assert img.shape == (3 * 33 - 1, 6 * 33 - 1, 3)
+        # a 14 px label strip over 3 rows (images) x (truth, measurement, mean, 2 samples, std) columns
+        # of 32 px images enlarged 4x (128 px), 2 px gaps
+        assert img.shape == (LABEL_HEIGHT + 3 * 130 - 2, 6 * 130 - 2, 3)
+        for col in range(6):  # every column has its label: dark text pixels in the strip above it
+            assert (img[:LABEL_HEIGHT, col * 130: col * 130 + 128] < 100).any(), col
+        assert (img[LABEL_HEIGHT:LABEL_HEIGHT + 128, 128:130] == 255).all()  # the white gap between columns
+        block = img[LABEL_HEIGHT:LABEL_HEIGHT + 128, :128]  # truth of image 0: each pixel a 4x4 block
+        assert (block == block[::4, ::4].repeat(4, 0).repeat(4, 1)).all()
     md = (out / "results.md").read_text()
     assert "| sr4 |" in md and "Total wall time" in md
     printed = capsys.readouterr().out
@@ -165,3 +172,20 @@ def test_eps_warm_start_begins_at_the_mean_with_sigma_start_noise(models_env):
     assert (warm.samples - warm.mean).abs().max() < 0.1 < (cold.samples - cold.mean).abs().max()
     with pytest.raises(ValueError, match="sigma_start"):
         run(sigma_start=100.0)
+
+
+def test_labelled_grid_needs_no_matplotlib(tmp_path, monkeypatch):
+    """The demo's enlarged, labelled PNGs need Pillow only (matplotlib is an optional extra)."""
+    import sys
+
+    import torch
+
+    from exactpost.io.images import save_grid
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # any import of it now fails
+    imgs = torch.linspace(-1, 1, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    path = save_grid(imgs, tmp_path / "g.png", ncol=2, scale=3, labels=["a", "b"])
+    img = np.asarray(Image.open(path))
+    assert img.shape == (LABEL_HEIGHT + 12, 2 * 12 + 1, 3)
+    with pytest.raises(ValueError, match="labels"):
+        save_grid(imgs, tmp_path / "h.png", ncol=2, labels=["only one"])

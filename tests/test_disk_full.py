@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from exactpost import atomic, cli, zoo
-from exactpost.training.checkpoint import load_checkpoint
+from exactpost.io.checkpoint import load_checkpoint
 from fs_helpers import snapshot
 from zoo_helpers import make_tiny_models
 

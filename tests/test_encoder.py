@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from exactpost import encoder as enc
-from exactpost.training.checkpoint import CheckpointError, save_checkpoint
+from exactpost.io.checkpoint import CheckpointError, save_checkpoint
 
 SMALL = dict(channels=(4, 8, 8), batch_size=16, lr=1e-2, warmup=2, progress=False)
 

@@ -24,7 +24,7 @@ from exactpost.demo import task_seed
 from exactpost.metrics import crps, frechet_distance, mmd2, mmd2_paired, psnr
 from exactpost.restore import method_names, restore_measurement
 from exactpost.tasks import make_operator, simulate
-from exactpost.training.data import to_float
+from exactpost.io.images import to_float
 
 BASE = ["bench", "images", "--model", "tiny-32", "--data", "demo", "--images", "3", "--samples", "2", "--batch", "2",
         "--threads", "1", "--no-progress"]

@@ -18,7 +18,7 @@ from exactpost.restore_inputs import (
     read_lowres,
     read_mask,
 )
-from exactpost.training.data import to_float, to_uint8
+from exactpost.io.images import to_float, to_uint8
 
 
 def refused(fn, *args, match: str, **kwargs) -> str:

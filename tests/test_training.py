@@ -29,8 +29,9 @@ import exactpost
 from exactpost import cli
 from exactpost.nets import edm_coefficients
 from exactpost.tasks import task_names
-from exactpost.training.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from exactpost.training.loop import EMA, TrainConfig, build_model, export_model, load_model
+from exactpost.io.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from exactpost.nets import load_model
+from exactpost.training.loop import EMA, TrainConfig, build_model, export_model
 from exactpost.training.objectives import loss_on_batch, make_batch
 
 SIZE = 16

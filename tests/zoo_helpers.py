@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from exactpost.nets import EDMPrecond, UNet
-from exactpost.training.checkpoint import save_checkpoint
+from exactpost.io.checkpoint import save_checkpoint
 from exactpost.training.objectives import Objective
 from nets_helpers import TINY, gen, perturb
 

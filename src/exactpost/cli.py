@@ -30,16 +30,17 @@ import math
 import os
 import shlex
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import argtypes
 from .output_paths import check_output_dir, check_output_file
+from .io.checkpoint import CheckpointError
+from .io.images import DataError
 from .sampler_spec import DEFAULT as DEFAULT_SAMPLER
 from .sampler_spec import parse_spec, syntax_help
-from .training.checkpoint import CheckpointError
-from .training.data import DataError
 from .training.stop import TrainingStopped
 
 #: environment variable that turns on full tracebacks (like ``--debug``)
@@ -70,6 +71,10 @@ class _HelpFormatter(argparse.HelpFormatter):
                 and action.default is not False and action.default != argparse.SUPPRESS and action.default != []):
             text += " (default: %(default)s)"
         return text
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """Wrap at spaces only: a hyphenated name (zero-shot-pivot, --sigma-y) stays on one line."""
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
 
 
 # --- training options: generated from TrainConfig's fields ----------------------------------
@@ -395,12 +400,12 @@ SAMPLE_CHUNK = 64
 def cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import torch
 
-    from .imageio import save_grid
+    from .io.images import save_grid
     from .interpolants import EDM
     from .memory import check_fits
     from .nets.precond import as_denoiser
     from .samplers import edm_heun
-    from .training.loop import load_model
+    from .nets.loading import load_model
 
     out = check_output_file(args.out)
     model, card = load_model(args.model)
@@ -512,6 +517,16 @@ def _sampler_spec(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def method_help() -> str:
+    """The help of ``restore --method``: every method by name, from the registries
+    (:func:`exactpost.api.methods`: the trained networks, then :mod:`exactpost.baselines`)."""
+    from .api import TRAINED, methods
+
+    baselines = [m for m in methods() if m not in TRAINED]
+    return ("eps (the trained EPS network), palette (the trained Palette network), or a zero-shot baseline on "
+            f"the model's prior: {', '.join(baselines)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="exactpost", formatter_class=_HelpFormatter,
                  description="Exact posterior sampling (EPS) for linear inverse problems.",
@@ -591,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kernel", default=None, help="blur kernel: .npy, .txt/.csv or a grayscale image, entries >= 0 "
                                                   "(default: none)")
     r.add_argument("--model", default="faces-32", help="bundled model name or a checkpoint path")
-    r.add_argument("--method", default="eps", help="eps, palette, or a zero-shot baseline on the prior")
+    r.add_argument("--method", default="eps", help=method_help())
     r.add_argument("--samples", type=argtypes.int_range(2, why="the std needs two samples"), default=4,
                    help="posterior samples, >= 2")
     r.add_argument("--nfe", type=argtypes.int_range(2), default=None,

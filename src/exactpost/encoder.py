@@ -37,8 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import argtypes
-from .training.checkpoint import CheckpointError, load_checkpoint, pack_state, save_checkpoint, unpack_state
-from .training.data import DataError, to_float
+from .io.checkpoint import CheckpointError, load_checkpoint, pack_state, save_checkpoint, unpack_state
+from .io.images import DataError, to_float
 
 KIND = "encoder"
 
@@ -108,7 +108,7 @@ class Encoder(nn.Module):
 # --- data -----------------------------------------------------------------------------------
 def load_labels(path: str | Path, key: str, split: Sequence[int] | int | None = None) -> np.ndarray:
     """Integer labels [N] from an .npz (``key``), selected by its ``split`` array like
-    :func:`exactpost.training.data.load_images`; any label values, remapped later."""
+    :func:`exactpost.io.images.load_images`; any label values, remapped later."""
     p = Path(path)
     if p.suffix != ".npz" or not p.exists():
         raise DataError(f"labels need an existing .npz file, got {p}")
@@ -309,7 +309,7 @@ def _split(text: Optional[str]) -> Optional[list[int]]:
 def run(args: Any, command: str) -> int:
     """``exactpost train-encoder``: train (or resume) and report accuracies; errors in the
     inputs raise DataError/CheckpointError/ValueError (the CLI prints one line, exits 2)."""
-    from .training.data import load_images
+    from .io.images import load_images
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,11 +18,23 @@ All methods accept a float or a tensor ``t`` of any shape and return the same ty
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Protocol, Union
 
 import torch
 
+from .batching import batch_vector, per_sample  # noqa: F401 (batch_vector re-exported)
+
 Time = Union[float, torch.Tensor]
+
+
+class Denoiser(Protocol):
+    """A denoiser ``D(x_t, t) -> x0_hat`` in an interpolant's coordinates: x_t [B, ...] at time
+    t, a [B] tensor (samplers and baselines pass one; the posterior denoisers of
+    :mod:`exactpost.posterior` also take a float), returning the estimate of x0, x_t's shape.
+    Any such callable qualifies (a function, a lambda, an nn.Module): the one type the
+    samplers, the posterior denoisers and the baselines share."""
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, /) -> torch.Tensor: ...
 
 
 def _as_tensor(t: Time) -> torch.Tensor:
@@ -90,11 +102,10 @@ class Interpolant:
     def velocity(self, x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Probability-flow velocity dx_t/dt = a'(t) x0_hat + s'(t) e_hat,
         with e_hat = (x_t - a x0_hat) / s.  ``t`` broadcasts against the batch (shape [B])."""
-        shape = (-1,) + (1,) * (x_t.dim() - 1)
         tt = t.to(torch.float64)
         a, s = self._a(tt), self._s(tt)
         da, ds = self._da(tt), self._ds(tt)
-        a, s, da, ds = (v.to(x_t.dtype).reshape(shape) for v in (a, s, da, ds))
+        a, s, da, ds = (per_sample(v.to(x_t.dtype), x_t.dim()) for v in (a, s, da, ds))
         e_hat = (x_t - a * x0_hat) / s
         return da * x0_hat + ds * e_hat
 
@@ -242,19 +253,6 @@ INTERPOLANTS = {
 
 
 # --- per-sample noise levels (used by the posterior and the network wrappers) ---------------
-def batch_vector(value: Time, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
-    """A float, 0-d or [B] tensor as a [B] tensor of ``like``'s dtype/device; rejects other
-    shapes (nothing is silently broadcast but a scalar) and non-finite values."""
-    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if v.dim() == 0:
-        v = v.expand(batch)
-    if v.dim() != 1 or v.shape[0] != batch:
-        raise ValueError(f"{name} must be a scalar or have shape [{batch}], got shape {tuple(v.shape)}")
-    if not bool(torch.isfinite(v).all()):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return v
-
-
 def noise_levels(interpolant: Interpolant, t: Time, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(a, s, sigma = s/a) at time t, each [B] in ``like``'s dtype; requires a > 0, s > 0."""
     tt = batch_vector(t, like.shape[0], like, "t").to(torch.float64)

@@ -371,3 +371,32 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
         raise ValueError(f"need two [N, F] feature sets with the same F, got {tuple(feats_a.shape)} and {tuple(feats_b.shape)}")
     return gaussian_frechet(a.mean(0), torch.cov(a.T, correction=1).reshape(a.shape[1], a.shape[1]),
                             b.mean(0), torch.cov(b.T, correction=1).reshape(b.shape[1], b.shape[1]))
+
+
+def restoration_scores(truth: torch.Tensor, mean: torch.Tensor | None = None,
+                       samples: torch.Tensor | None = None) -> dict[str, float]:
+    """The scores of a restoration of ``truth`` [B, C, H, W] (images in [-1, 1]), each averaged
+    over the B images -- the one scoring function of the demo, ``restore --simulate``, the image
+    benchmark and the training loop's evaluation:
+
+    * ``psnr_mean``, ``ssim_mean``: of the estimate ``mean`` [B, C, H, W] (when given);
+    * ``psnr_sample``, ``ssim_sample``: of each of the samples [M, B, C, H, W], averaged over
+      the samples (when M >= 1);
+    * ``crps``: per pixel, of the sample ensemble (when M >= 2).
+
+    SSIM is NaN for an input with a non-finite value (PSNR then reads NaN or inf by itself)."""
+
+    def ssim_or_nan(x: torch.Tensor) -> float:
+        return float(ssim(x, truth).mean()) if bool(torch.isfinite(x).all()) else math.nan
+
+    out: dict[str, float] = {}
+    if mean is not None:
+        out["psnr_mean"] = float(psnr(mean, truth).mean())
+        out["ssim_mean"] = ssim_or_nan(mean)
+    if samples is not None and samples.shape[0] >= 1:
+        out["psnr_sample"] = float(torch.stack([psnr(s, truth) for s in samples]).mean())
+        out["ssim_sample"] = float(torch.stack([ssim(s, truth) for s in samples]).mean()) \
+            if bool(torch.isfinite(samples).all()) else math.nan
+    if samples is not None and samples.shape[0] >= 2:
+        out["crps"] = float(crps(samples, truth).mean())
+    return out

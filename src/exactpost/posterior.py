@@ -26,7 +26,8 @@ from typing import Any, Callable, Union
 
 import torch
 
-from .interpolants import Interpolant, batch_vector, noise_levels  # noqa: F401 (re-exported)
+from .batching import batch_vector, per_sample
+from .interpolants import Denoiser, Interpolant, noise_levels  # noqa: F401 (noise_levels re-exported)
 from .operators.base import LinearOperator
 
 Scalar = Union[float, torch.Tensor]
@@ -34,8 +35,6 @@ Scalar = Union[float, torch.Tensor]
 #: ``cond`` whatever the network was trained with (derived from y once per measurement) and
 #: ``sigma`` = s(t)/a(t) of shape [B] (the interpolant-free noise level; Sigma* <= sigma^2 I).
 EPSNetwork = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
-#: A denoiser ``D(x_t, t) -> x0_hat`` in an interpolant's coordinates.
-Denoiser = Callable[[torch.Tensor, Scalar], torch.Tensor]
 #: Marker for "compute the default conditioning" (None means: the network takes none).
 DEFAULT_COND: Any = object()
 
@@ -54,10 +53,6 @@ def check_measurement(op: LinearOperator, y: torch.Tensor) -> torch.Tensor:
     if not bool(torch.isfinite(y).all()):
         raise ValueError("y contains NaN or inf; clean the measurement before sampling")
     return y
-
-
-def _bcast(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (ndim - 1))
 
 
 def pivot_rho(sigma: torch.Tensor, sigma_y: torch.Tensor) -> torch.Tensor:
@@ -86,7 +81,7 @@ def pivot(x_t: torch.Tensor, t: Scalar, y: torch.Tensor, op: LinearOperator,
         raise ValueError(f"x_t has batch {x_t.shape[0]} but y has batch {y.shape[0]}")
     sy = check_sigma_y(sigma_y, x_t.shape[0], x_t)
     a, _, sigma = noise_levels(interpolant, t, x_t)
-    return pivot_from_sigma(x_t / _bcast(a, x_t.dim()), sigma, y, op, sy)
+    return pivot_from_sigma(x_t / per_sample(a, x_t.dim()), sigma, y, op, sy)
 
 
 def sigma_star_matvec(v: torch.Tensor, sigma: Scalar, op: LinearOperator, sigma_y: Scalar) -> torch.Tensor:
@@ -95,7 +90,7 @@ def sigma_star_matvec(v: torch.Tensor, sigma: Scalar, op: LinearOperator, sigma_
     op.check_x(v, "v")
     sig = batch_vector(sigma, v.shape[0], v, "sigma")
     sy = check_sigma_y(sigma_y, v.shape[0], v)
-    return _bcast(sig**2, v.dim()) * (v - op.regularized_pinv(op.A(v), pivot_rho(sig, sy)))
+    return per_sample(sig**2, v.dim()) * (v - op.regularized_pinv(op.A(v), pivot_rho(sig, sy)))
 
 
 def sample_sigma_star(shape_like: torch.Tensor, sigma: Scalar, op: LinearOperator, sigma_y: Scalar,
@@ -111,8 +106,8 @@ def sample_sigma_star(shape_like: torch.Tensor, sigma: Scalar, op: LinearOperato
     e = torch.randn(shape_like.shape, generator=generator, dtype=shape_like.dtype, device=shape_like.device)
     Ae = op.A(e)
     n = torch.randn(Ae.shape, generator=generator, dtype=Ae.dtype, device=Ae.device)
-    inner = Ae - _bcast(rho.sqrt(), Ae.dim()) * n
-    return _bcast(sig, e.dim()) * (e - op.regularized_pinv(inner, rho))
+    inner = Ae - per_sample(rho.sqrt(), Ae.dim()) * n
+    return per_sample(sig, e.dim()) * (e - op.regularized_pinv(inner, rho))
 
 
 def sigma_star_dense(op: LinearOperator, sigma: float, sigma_y: float,
@@ -171,7 +166,7 @@ class EPSPosteriorDenoiser:
         self._check(x_t)
         a, _, sigma = noise_levels(self.interpolant, t, x_t)
         sy = self.sigma_y.to(x_t.dtype)
-        return pivot_from_sigma(x_t / _bcast(a, x_t.dim()), sigma, self.y.to(x_t.dtype), self.op, sy), sigma
+        return pivot_from_sigma(x_t / per_sample(a, x_t.dim()), sigma, self.y.to(x_t.dtype), self.op, sy), sigma
 
     def __call__(self, x_t: torch.Tensor, t: Scalar) -> torch.Tensor:
         mu, sigma = self.pivot(x_t, t)
@@ -191,7 +186,7 @@ class EPSPosteriorDenoiser:
     def score(self, x_t: torch.Tensor, t: Scalar) -> torch.Tensor:
         """grad_{x_t} log p(x_t | y) = (a D~(x_t, t) - x_t) / s^2."""
         a, s, _ = noise_levels(self.interpolant, t, x_t)
-        return (_bcast(a, x_t.dim()) * self(x_t, t) - x_t) / _bcast(s**2, x_t.dim())
+        return (per_sample(a, x_t.dim()) * self(x_t, t) - x_t) / per_sample(s**2, x_t.dim())
 
 
 class ZeroShotPivotDenoiser:
@@ -215,4 +210,4 @@ class ZeroShotPivotDenoiser:
     def __call__(self, x_t: torch.Tensor, t: Scalar) -> torch.Tensor:
         mu, _ = self._eps.pivot(x_t, t)
         a, _, _ = noise_levels(self._eps.interpolant, t, x_t)
-        return self.prior(_bcast(a, x_t.dim()) * mu, t)
+        return self.prior(per_sample(a, x_t.dim()) * mu, t)

@@ -67,16 +67,10 @@ def _card_objective(card: dict) -> dict:
     return obj
 
 
-def task_index(card: dict, task: str) -> int:
-    """The task-embedding row the model was trained with for ``task`` (ValueError if it was
-    not trained for it): :func:`exactpost.conditioning.card_task_index`."""
-    return card_task_index(_card_objective(card), task)
-
-
 def _embeddings(net: torch.nn.Module, card: dict, task: str, sigma_y: float, batch: int
                 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     cfg = net.config
-    tid = torch.full((batch,), task_index(card, task), dtype=torch.long) if cfg.num_tasks else None
+    tid = torch.full((batch,), card_task_index(_card_objective(card), task), dtype=torch.long) if cfg.num_tasks else None
     syv = torch.full((batch,), float(sigma_y)) if cfg.sigma_y_embedding else None
     return tid, syv
 

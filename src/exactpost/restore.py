@@ -31,10 +31,11 @@ from typing import Any, Optional
 import torch
 
 from . import zoo
+from .api import TRAINED, methods
 from .atomic import staged_folder
-from .demo import score
-from .imageio import save_grid, save_text
+from .io.images import save_grid, save_text
 from .memory import check_fits
+from .metrics import restoration_scores
 from .operators import AveragePoolSR, FFTBlur, Inpainting, LinearOperator
 from .restoration import Restoration, eps_restore, palette_restore
 from .sampler_spec import parse_spec
@@ -43,15 +44,9 @@ from .tasks import TASKS, make_operator, simulate, task_names
 from .visualize import STD_WHITE, measurement_image, std_image
 
 #: Methods that use a trained conditional network of the same name (the rest use the prior).
-TRAINED_METHODS = ("eps", "palette")
-
-
-def method_names() -> list[str]:
-    """Every method ``restore`` accepts: the trained ones, then the zero-shot baselines
-    of :mod:`exactpost.baselines`, built on the prior."""
-    from .baselines import METHODS
-
-    return list(TRAINED_METHODS) + [m for m in METHODS if m not in TRAINED_METHODS]
+TRAINED_METHODS = TRAINED
+#: Every method ``restore`` accepts: the trained ones, then the zero-shot baselines on the prior.
+method_names = methods
 
 
 def _operator_for_measurement(task: str, size: int, mask: Optional[str], kernel: Optional[str],
@@ -157,7 +152,7 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     if scheduler is not None:
         info["scheduler"] = scheduler
     if truth is not None:
-        info["scores"] = score(res, truth)
+        info["scores"] = restoration_scores(truth, res.mean, res.samples)
     # every input is valid: only now write, all files or none (a full disk leaves out_dir as it was)
     with staged_folder(out_dir) as stage:
         save_grid(res.mean, stage / "mean.png", ncol=1)

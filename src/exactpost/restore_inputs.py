@@ -10,10 +10,10 @@ Conventions (those of the rest of the library):
 
 * images are float32 tensors ``[1, C, H, W]`` in [-1, 1], ``x = v / 127.5 - 1`` for 8-bit
   values v (so an 8-bit PNG of the right size reads back exactly as
-  ``training.data.to_float`` would convert it); 16-bit images are scaled by 255 / 65535
+  ``io.images.to_float`` would convert it); 16-bit images are scaled by 255 / 65535
   first, float images (mode ``F``) must hold values in [0, 1];
 * an image of another size is centre-cropped to a square (the same crop as the training
-  data loader) and resized with the training data's rule (``training.data.resize_uint8``):
+  data loader) and resized with the training data's rule (``io.images.resize_uint8``):
   exact block averaging when the side is a multiple of the target size (for a factor-f
   low-resolution measurement this *is* the f x f average-pooling operator of ``sr4``),
   antialiased bilinear otherwise; done in float64 without rounding to 8 bits. The

@@ -39,10 +39,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .interpolants import EDM, Interpolant, RectifiedFlow, VPLinear
+from .interpolants import EDM, Denoiser, Interpolant, RectifiedFlow, VPLinear
 from .schedules import check_sigmas, karras_sigmas, with_zero
-
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass

@@ -32,6 +32,7 @@ from typing import Sequence, Union
 
 import torch
 
+from .batching import per_sample
 from .operators import (
     AveragePoolSR,
     FFTBlur,
@@ -199,4 +200,4 @@ def simulate(
                         device=generator_device(gen)).to(ax.device)
     if isinstance(operator, Inpainting):
         noise = operator.A(noise)
-    return ax + s.reshape((-1,) + (1,) * (ax.dim() - 1)) * noise
+    return ax + per_sample(s, ax.dim()) * noise

@@ -36,7 +36,7 @@ def std_image(std: torch.Tensor, white: float = STD_WHITE) -> torch.Tensor:
 
 def panel(truth: torch.Tensor, measurement: torch.Tensor, mean: torch.Tensor, samples: torch.Tensor,
           std: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Images of one task, row-major for :func:`exactpost.imageio.tile`: per image (row)
+    """Images of one task, row-major for :func:`exactpost.io.images.tile`: per image (row)
     truth, measurement, mean, the M samples and the std; returns (images [B*(M+4), 3, H, W],
     number of columns)."""
     B = truth.shape[0]
@@ -44,3 +44,8 @@ def panel(truth: torch.Tensor, measurement: torch.Tensor, mean: torch.Tensor, sa
     cols = [truth, measurement.clamp(-1, 1), mean] + [samples[m] for m in range(samples.shape[0])] + [std_rgb]
     rows = torch.stack([c.to(truth.dtype) for c in cols], dim=1)  # [B, ncol, 3, H, W]
     return rows.reshape((B * len(cols),) + tuple(truth.shape[1:])), len(cols)
+
+
+def panel_labels(n_samples: int) -> list[str]:
+    """The column labels of :func:`panel`: truth, measurement, mean, sample 1..M, std."""
+    return ["truth", "measurement", "mean"] + [f"sample {m + 1}" for m in range(n_samples)] + ["std"]

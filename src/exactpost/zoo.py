@@ -12,7 +12,7 @@ Layout (``models/`` at the repository root, or the folder in ``$EXACTPOST_MODELS
 Each ``.json`` is the model card written by the training loop (architecture, objective,
 data, command, steps, images seen, wall time, hardware, sha256 of the weights) plus the
 evaluation numbers added by ``benchmarks/model_quality.py``. Loading goes through
-:func:`exactpost.training.loop.load_model`: safetensors only, digest checked, never
+:func:`exactpost.nets.load_model`: safetensors only, digest checked, never
 unpickled.
 """
 
@@ -150,7 +150,7 @@ def load(entry: ModelEntry) -> torch.nn.Module:
         from .backbones.diffusers_unet import load_backbone
 
         return load_backbone(entry.path)[0]
-    from .training.loop import load_model
+    from .nets.loading import load_model
 
     model, _ = load_model(entry.path)
     return model

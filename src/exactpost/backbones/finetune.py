@@ -56,8 +56,9 @@ import torch
 from ..atomic import write_atomic
 from ..conditioning import extends
 from ..tasks import task_names
-from ..training.data import BatchStream, load_images
-from ..training.checkpoint import checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
+from ..io.checkpoint import checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
+from ..io.images import load_images
+from ..training.data import BatchStream
 from ..training.loop import (EMA, TrainConfig, _check_same_problem, _eval_images, _hardware, _on_cpu, evaluate,
                              resolve_device)
 from ..training.precision import autocast_for, resolve_precision

@@ -28,11 +28,11 @@ import copy
 import inspect
 import math
 import weakref
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ..interpolants import EDM, Interpolant
+from ..interpolants import EDM, Denoiser, Interpolant
 from ..samplers import SampleResult, _CountingDenoiser, _initial_noise
 from .layout import BackboneError
 
@@ -41,8 +41,6 @@ DRIVABLE = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAn
             "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 #: the ones without ``prediction_type="sample"``: handed e_hat = (x~ - x0_hat) / sigma instead
 EPSILON_ONLY = ("EulerAncestralDiscreteScheduler",)
-
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_scheduler(name: str, config: Mapping[str, Any], **overrides: Any) -> Any:

@@ -14,7 +14,7 @@ from .ddrm import ddrm, ddrm_init, ddrm_update
 from .dps import dps
 from .mpgd import mpgd
 from .pigdm import pigdm, pigdm_vector
-from .registry import METHODS, RESERVED, MethodSpec, get_method, register_method, run_method
+from .registry import METHODS, MethodSpec, get_method, register_method, run_method
 from .spectral import SpectralView, has_known_svd, spectral_view
 from .zero_shot import zero_shot_pivot
 
@@ -23,7 +23,6 @@ __all__ = [
     "METHODS",
     "MethodSpec",
     "Network",
-    "RESERVED",
     "SpectralView",
     "daps",
     "ddnm",

@@ -23,18 +23,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 
-from ..interpolants import Interpolant, VPLinear, get_interpolant
+from ..batching import per_sample
+from ..interpolants import Denoiser, Interpolant, VPLinear, get_interpolant
 from ..operators.base import LinearOperator
 from ..posterior import check_measurement, check_sigma_y
 from ..samplers import edm_sigma_grid
 
 Scalar = Union[float, torch.Tensor]
-#: A prior denoiser ``D(x_t, t) -> x0_hat`` in an interpolant's coordinates; t is a [B] tensor.
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 GRIDS = ("vp", "karras", "uniform")
 ALL_INTERPOLANTS = ("edm", "vp-linear", "vp-cosine", "flow")
@@ -121,11 +120,6 @@ def sigma_grid(kind: str, steps: int, sigma_min: float, sigma_max: float,
     return [float(interp.sigma(t)) for t in ts] + [0.0]
 
 
-def bcast(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    """A [B] tensor reshaped to broadcast against [B, ...] with ``ndim`` dims."""
-    return v.reshape((-1,) + (1,) * (ndim - 1))
-
-
 def per_sample_norm(r: torch.Tensor) -> torch.Tensor:
     """||r_b|| for each sample of a batch [B, ...] -> [B]."""
     return r.reshape(r.shape[0], -1).norm(dim=1)
@@ -136,13 +130,15 @@ def unit_residual_gradient(op: LinearOperator, r: torch.Tensor) -> torch.Tensor:
     (0 where r = 0), [B, *in_shape]."""
     n = per_sample_norm(r)
     safe = torch.where(n > 0, n, torch.ones_like(n))
-    g = -op.At(r) / bcast(safe, r.dim())
-    return torch.where(bcast(n > 0, r.dim()), g, torch.zeros_like(g))
+    g = -op.At(r) / per_sample(safe, r.dim())
+    return torch.where(per_sample(n > 0, r.dim()), g, torch.zeros_like(g))
 
 
 @dataclass
 class Problem:
-    """Validated inputs shared by every method."""
+    """Validated inputs shared by every method, and what every method does with them: the
+    noise-level grid (:meth:`schedule`), the counting network, the loop over consecutive
+    levels (:meth:`transitions`) and the result (:meth:`result`)."""
 
     prior: Denoiser
     op: LinearOperator
@@ -152,6 +148,8 @@ class Problem:
     interpolant: Interpolant
     generator: torch.Generator | None
     dtype: torch.dtype
+    net: "Network | None" = None  # set by schedule()
+    sigmas: list[float] = field(default_factory=list)  # set by schedule(): decreasing, then 0
 
     @property
     def device(self) -> torch.device:
@@ -164,7 +162,29 @@ class Problem:
 
     def sy(self, ndim: int) -> torch.Tensor:
         """sigma_y broadcast against a [B, ...] tensor of ``ndim`` dims."""
-        return bcast(self.sigma_y, ndim)
+        return per_sample(self.sigma_y, ndim)
+
+    def schedule(self, nfe: int | None, default_nfe: int, grid: str, sigma_min: float, sigma_max: float, *,
+                 per_step: int = 1, rho: float = 7.0) -> int:
+        """The steps an NFE budget buys (``per_step`` evaluations each, :func:`resolve_steps`),
+        their noise levels ``self.sigmas`` (:func:`sigma_grid`, steps + 1 values ending at 0)
+        and the counting network ``self.net``; returns the number of steps."""
+        steps = resolve_steps(nfe, default_nfe, per_step)
+        self.sigmas = sigma_grid(grid, steps, sigma_min, sigma_max, self.interpolant, rho)
+        self.net = Network(self.prior, self.interpolant)
+        return steps
+
+    def transitions(self) -> list[tuple[float, float]]:
+        """The consecutive noise levels (sigma, sigma_next) of the grid, sigma_next = 0 last."""
+        return list(zip(self.sigmas[:-1], self.sigmas[1:]))
+
+    def result(self, x: torch.Tensor, settings: dict[str, Any], nfe: int | None = None) -> BaselineResult:
+        """The :class:`BaselineResult` of samples ``x``: the network's counts (or ``nfe`` for a
+        method that brings its own sampler) and ``settings`` with the interpolant's name."""
+        net = self.net
+        return BaselineResult(x.detach(), net.nfe if nfe is None else int(nfe),
+                              net.backward_passes if net is not None else 0,
+                              dict(settings, interpolant=self.interpolant.name))
 
 
 def make_problem(prior: Denoiser, op: LinearOperator, y: torch.Tensor, sigma_y: Scalar,
@@ -186,6 +206,16 @@ def make_problem(prior: Denoiser, op: LinearOperator, y: torch.Tensor, sigma_y: 
     interp = get_interpolant(interpolant if interpolant is not None else "edm")
     sy = check_sigma_y(sigma_y, B, y)
     return Problem(prior, op, y, sy, full, interp, generator, dtype)
+
+
+def begin(name: str, supported: Sequence[str], prior: Denoiser, op: LinearOperator, y: torch.Tensor,
+          sigma_y: Scalar, shape: Sequence[int] | None, interpolant: Interpolant | str | None,
+          generator: torch.Generator | None, dtype: torch.dtype | None) -> Problem:
+    """Every method's first line: the checked :class:`Problem` (:func:`make_problem`), refusing
+    an interpolant outside ``supported``."""
+    pb = make_problem(prior, op, y, sigma_y, shape, interpolant, generator, dtype)
+    check_interpolant(name, pb, supported)
+    return pb
 
 
 def check_interpolant(name: str, problem: Problem, supported: Sequence[str]) -> None:

@@ -37,15 +37,12 @@ import math
 
 import torch
 
+from ..batching import per_sample
 from ..posterior import sample_sigma_star
 from ._common import (
     ALL_INTERPOLANTS,
     BaselineResult,
-    Network,
-    bcast,
-    check_interpolant,
-    make_problem,
-    resolve_steps,
+    begin,
     sigma_grid,
 )
 
@@ -65,8 +62,7 @@ def daps(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None
          lr_min_ratio: float = DEFAULTS["lr_min_ratio"], tau: float | None = DEFAULTS["tau"]) -> BaselineResult:
     """Run DAPS; N = nfe // ode_steps annealing levels (default nfe 1000), ode_steps NFE
     each, no backward passes. Returns :class:`BaselineResult`, x0 [B, *op.in_shape]."""
-    pb = make_problem(prior, op, y, sigma_y, shape, interpolant, generator, dtype)
-    check_interpolant("daps", pb, INTERPOLANTS)
+    pb = begin("daps", INTERPOLANTS, prior, op, y, sigma_y, shape, interpolant, generator, dtype)
     if x0_update not in X0_UPDATES:
         raise ValueError(f"x0_update must be one of {X0_UPDATES}, got {x0_update!r}")
     ode_steps = int(ode_steps)
@@ -77,9 +73,8 @@ def daps(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None
     if x0_update == "langevin" and bool((tau_v <= 0).any()):
         raise ValueError("Langevin needs tau > 0 (tau=None with sigma_y = 0 is noiseless); "
                          "use x0_update='gaussian' for the exact noiseless update")
-    n_anneal = resolve_steps(nfe, DEFAULT_NFE, per_step=ode_steps)
-    sig = sigma_grid("karras", n_anneal, sigma_min, sigma_max, rho=rho)
-    net = Network(pb.prior, pb.interpolant)
+    n_anneal = pb.schedule(nfe, DEFAULT_NFE, "karras", sigma_min, sigma_max, per_step=ode_steps, rho=rho)
+    sig, net = pb.sigmas, pb.net
     x = sig[0] * pb.randn()
     with torch.no_grad():
         for k in range(n_anneal):
@@ -95,7 +90,7 @@ def daps(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None
                 x0y = mean + sample_sigma_star(x0, s, op, tau_v, generator=pb.generator)
             else:
                 lr_k = lr * (1.0 + (k / (n_anneal + 1)) * (lr_min_ratio - 1.0))
-                inv_tau2 = bcast(1.0 / tau_v**2, x0.dim())
+                inv_tau2 = per_sample(1.0 / tau_v**2, x0.dim())
                 x0y = x0
                 for _ in range(int(langevin_steps)):
                     score = op.At(pb.y - op.A(x0y)) * inv_tau2 + (x0 - x0y) / s**2
@@ -105,6 +100,5 @@ def daps(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None
             x = x0y + s_next * pb.randn() if s_next > 0 else x0y
     settings = dict(DEFAULTS, ode_steps=ode_steps, ode_sigma_min=ode_sigma_min, sigma_max=sigma_max,
                     sigma_min=sigma_min, rho=rho, x0_update=x0_update, langevin_steps=langevin_steps,
-                    lr=lr, lr_min_ratio=lr_min_ratio, tau=tau, annealing_steps=n_anneal,
-                    interpolant=pb.interpolant.name)
-    return BaselineResult(x, net.nfe, 0, settings)
+                    lr=lr, lr_min_ratio=lr_min_ratio, tau=tau, annealing_steps=n_anneal)
+    return pb.result(x, settings)

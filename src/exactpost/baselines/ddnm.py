@@ -45,11 +45,7 @@ import torch
 from ._common import (
     ALL_INTERPOLANTS,
     BaselineResult,
-    Network,
-    check_interpolant,
-    make_problem,
-    resolve_steps,
-    sigma_grid,
+    begin,
 )
 from .spectral import SpectralView, has_known_svd, spectral_view
 
@@ -94,8 +90,7 @@ def ddnm(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None
     """Run DDNM (sigma_y = 0) or DDNM+ (sigma_y > 0); ``nfe`` steps (default 100), one NFE
     each, no backward passes. ``variant``: "auto" (DDNM+ iff some sigma_y > 0), "ddnm",
     "ddnm+". Returns :class:`BaselineResult`, x0 [B, *op.in_shape]."""
-    pb = make_problem(prior, op, y, sigma_y, shape, interpolant, generator, dtype)
-    check_interpolant("ddnm", pb, INTERPOLANTS)
+    pb = begin("ddnm", INTERPOLANTS, prior, op, y, sigma_y, shape, interpolant, generator, dtype)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if not 0.0 <= eta <= 1.0:
@@ -104,18 +99,16 @@ def ddnm(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None
     use_plus = variant == "ddnm+" or (variant == "auto" and noisy)
     if use_plus and not has_known_svd(op):
         spectral_view(op, pb.y)  # raises the ValueError naming the supported operators
-    steps = resolve_steps(nfe, DEFAULT_NFE)
-    sig = sigma_grid(grid, steps, sigma_min, sigma_max, pb.interpolant)
-    net = Network(pb.prior, pb.interpolant)
-    x = sig[0] * pb.randn()
+    steps = pb.schedule(nfe, DEFAULT_NFE, grid, sigma_min, sigma_max)
+    x = pb.sigmas[0] * pb.randn()
     with torch.no_grad():
         if use_plus:
             view = spectral_view(op, x)
             ybar = view.spec(op.pinv(pb.y))
             sy = pb.sy(ybar.dim())
             xs = view.spec(x)
-        for s, s_next in zip(sig[:-1], sig[1:]):
-            x0 = net(x, s)
+        for s, s_next in pb.transitions():
+            x0 = pb.net(x, s)
             z = pb.randn() if s_next > 0 else torch.zeros_like(x)
             if use_plus:
                 xs = ddnm_plus_update(view, xs, view.spec(x0), ybar, sy, s, s_next, eta, view.spec(z))
@@ -125,6 +118,5 @@ def ddnm(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None
                 e = (x - x0) / s
                 x = x0_rn + s_next * (eta * z + math.sqrt(1.0 - eta**2) * e)
     settings = dict(DEFAULTS, eta=eta, variant="ddnm+" if use_plus else "ddnm", grid=grid,
-                    sigma_min=sigma_min, sigma_max=sigma_max, steps=steps,
-                    interpolant=pb.interpolant.name)
-    return BaselineResult(x, net.nfe, 0, settings)
+                    sigma_min=sigma_min, sigma_max=sigma_max, steps=steps)
+    return pb.result(x, settings)

@@ -37,11 +37,7 @@ import torch
 from ._common import (
     ALL_INTERPOLANTS,
     BaselineResult,
-    Network,
-    check_interpolant,
-    make_problem,
-    resolve_steps,
-    sigma_grid,
+    begin,
 )
 from .spectral import SpectralView, spectral_view
 
@@ -82,24 +78,21 @@ def ddrm(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None
          sigma_min: float = DEFAULTS["sigma_min"], sigma_max: float = DEFAULTS["sigma_max"]) -> BaselineResult:
     """Run DDRM; ``nfe`` steps (default 20), one NFE each, no backward passes.
     Returns :class:`BaselineResult`, x0 [B, *op.in_shape]."""
-    pb = make_problem(prior, op, y, sigma_y, shape, interpolant, generator, dtype)
-    check_interpolant("ddrm", pb, INTERPOLANTS)
+    pb = begin("ddrm", INTERPOLANTS, prior, op, y, sigma_y, shape, interpolant, generator, dtype)
     if not (0.0 <= eta <= 1.0 and 0.0 <= eta_b <= 1.0):
         raise ValueError(f"eta and eta_b must be in [0, 1], got {eta}, {eta_b}")
     view = spectral_view(op, pb.y)
-    steps = resolve_steps(nfe, DEFAULT_NFE)
-    sig = sigma_grid(grid, steps, sigma_min, sigma_max, pb.interpolant)
-    net = Network(pb.prior, pb.interpolant)
+    steps = pb.schedule(nfe, DEFAULT_NFE, grid, sigma_min, sigma_max)
     with torch.no_grad():
         ybar = view.spec(op.pinv(pb.y))
         sy = pb.sy(ybar.dim())
-        xs = ddrm_init(view, ybar, sy, sig[0], view.spec(pb.randn()))
+        xs = ddrm_init(view, ybar, sy, pb.sigmas[0], view.spec(pb.randn()))
         x = view.unspec(xs)
-        for s, s_next in zip(sig[:-1], sig[1:]):
-            x0 = net(x, s)
+        for s, s_next in pb.transitions():
+            x0 = pb.net(x, s)
             z = pb.randn() if s_next > 0 else torch.zeros_like(x)
             xs = ddrm_update(view, xs, view.spec(x0), ybar, sy, s, s_next, eta, eta_b, view.spec(z))
             x = view.unspec(xs)
     settings = dict(DEFAULTS, eta=eta, eta_b=eta_b, grid=grid, sigma_min=sigma_min,
-                    sigma_max=sigma_max, steps=steps, interpolant=pb.interpolant.name)
-    return BaselineResult(x, net.nfe, 0, settings)
+                    sigma_max=sigma_max, steps=steps)
+    return pb.result(x, settings)

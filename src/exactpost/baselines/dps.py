@@ -35,13 +35,9 @@ import torch
 from ._common import (
     ALL_INTERPOLANTS,
     BaselineResult,
-    Network,
     a_vp,
-    check_interpolant,
+    begin,
     ddim_ve_step,
-    make_problem,
-    resolve_steps,
-    sigma_grid,
     unit_residual_gradient,
 )
 
@@ -67,15 +63,13 @@ def dps(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None 
         eta: ancestral noise (1 = DDPM, as in the paper).
     Returns: :class:`BaselineResult` with x0 [B, *op.in_shape].
     """
-    pb = make_problem(prior, op, y, sigma_y, shape, interpolant, generator, dtype)
-    check_interpolant("dps", pb, INTERPOLANTS)
+    pb = begin("dps", INTERPOLANTS, prior, op, y, sigma_y, shape, interpolant, generator, dtype)
     if zeta < 0:
         raise ValueError(f"zeta must be >= 0, got {zeta}")
-    steps = resolve_steps(nfe, DEFAULT_NFE)
-    sig = sigma_grid(grid, steps, sigma_min, sigma_max, pb.interpolant)
-    net = Network(pb.prior, pb.interpolant)
-    x = sig[0] * pb.randn()
-    for s, s_next in zip(sig[:-1], sig[1:]):
+    steps = pb.schedule(nfe, DEFAULT_NFE, grid, sigma_min, sigma_max)
+    net = pb.net
+    x = pb.sigmas[0] * pb.randn()
+    for s, s_next in pb.transitions():
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             x0 = net(xg, s)
@@ -86,5 +80,5 @@ def dps(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None 
         x_next = ddim_ve_step(x, x0, s, s_next, eta, z)
         x = x_next - (2.0 * zeta / (a_vp(s) * a_vp(s_next))) * grad
     settings = dict(DEFAULTS, zeta=zeta, eta=eta, grid=grid, sigma_min=sigma_min,
-                    sigma_max=sigma_max, steps=steps, interpolant=pb.interpolant.name)
-    return BaselineResult(x.detach(), net.nfe, net.backward_passes, settings)
+                    sigma_max=sigma_max, steps=steps)
+    return pb.result(x, settings)

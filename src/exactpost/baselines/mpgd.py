@@ -27,12 +27,8 @@ import torch
 from ._common import (
     ALL_INTERPOLANTS,
     BaselineResult,
-    Network,
-    check_interpolant,
+    begin,
     ddim_ve_step,
-    make_problem,
-    resolve_steps,
-    sigma_grid,
     unit_residual_gradient,
 )
 
@@ -47,21 +43,18 @@ def mpgd(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | None
          sigma_min: float = DEFAULTS["sigma_min"], sigma_max: float = DEFAULTS["sigma_max"]) -> BaselineResult:
     """Run MPGD; ``nfe`` DDIM steps (default 100), one NFE each, no backward passes.
     Returns :class:`BaselineResult`, x0 [B, *op.in_shape]."""
-    pb = make_problem(prior, op, y, sigma_y, shape, interpolant, generator, dtype)
-    check_interpolant("mpgd", pb, INTERPOLANTS)
+    pb = begin("mpgd", INTERPOLANTS, prior, op, y, sigma_y, shape, interpolant, generator, dtype)
     if scale < 0 or not 0.0 <= eta <= 1.0:
         raise ValueError(f"need scale >= 0 and eta in [0, 1], got {scale}, {eta}")
-    steps = resolve_steps(nfe, DEFAULT_NFE)
-    sig = sigma_grid(grid, steps, sigma_min, sigma_max, pb.interpolant)
-    net = Network(pb.prior, pb.interpolant)
-    x = sig[0] * pb.randn()
+    steps = pb.schedule(nfe, DEFAULT_NFE, grid, sigma_min, sigma_max)
+    x = pb.sigmas[0] * pb.randn()
     with torch.no_grad():
-        for s, s_next in zip(sig[:-1], sig[1:]):
-            x0 = net(x, s)
+        for s, s_next in pb.transitions():
+            x0 = pb.net(x, s)
             grad = unit_residual_gradient(op, pb.y - op.A(x0))
             x0_guided = x0 - scale * math.sqrt(1.0 + s_next**2) * grad
             z = pb.randn() if (s_next > 0 and eta > 0) else None
             x = ddim_ve_step(x, x0_guided, s, s_next, eta, z, eps=(x - x0) / s)
     settings = dict(DEFAULTS, scale=scale, eta=eta, grid=grid, sigma_min=sigma_min,
-                    sigma_max=sigma_max, steps=steps, interpolant=pb.interpolant.name)
-    return BaselineResult(x, net.nfe, 0, settings)
+                    sigma_max=sigma_max, steps=steps)
+    return pb.result(x, settings)

@@ -41,12 +41,8 @@ from ..operators.base import LinearOperator
 from ._common import (
     ALL_INTERPOLANTS,
     BaselineResult,
-    Network,
-    check_interpolant,
+    begin,
     ddim_ve_step,
-    make_problem,
-    resolve_steps,
-    sigma_grid,
 )
 
 DEFAULTS = dict(eta=1.0, weighting="score", guidance_scale=1.0, grid="vp", sigma_min=0.002,
@@ -78,17 +74,15 @@ def pigdm(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | Non
     ``guidance_scale`` multiplies g (1 = the paper's estimate); ``weighting`` chooses how g
     enters the step (module docstring). Returns :class:`BaselineResult`, x0 [B, *in_shape].
     """
-    pb = make_problem(prior, op, y, sigma_y, shape, interpolant, generator, dtype)
-    check_interpolant("pigdm", pb, INTERPOLANTS)
+    pb = begin("pigdm", INTERPOLANTS, prior, op, y, sigma_y, shape, interpolant, generator, dtype)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
-    steps = resolve_steps(nfe, DEFAULT_NFE)
-    sig = sigma_grid(grid, steps, sigma_min, sigma_max, pb.interpolant)
-    net = Network(pb.prior, pb.interpolant)
-    x = sig[0] * pb.randn()
-    for s, s_next in zip(sig[:-1], sig[1:]):
+    steps = pb.schedule(nfe, DEFAULT_NFE, grid, sigma_min, sigma_max)
+    net = pb.net
+    x = pb.sigmas[0] * pb.randn()
+    for s, s_next in pb.transitions():
         r2 = s**2 / (1.0 + s**2)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
@@ -102,7 +96,6 @@ def pigdm(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe: int | Non
         else:
             x = ddim_ve_step(x, x0, s, s_next, eta, z) + r2 * g
     settings = dict(DEFAULTS, eta=eta, weighting=weighting, guidance_scale=guidance_scale,
-                    grid=grid, sigma_min=sigma_min, sigma_max=sigma_max, steps=steps,
-                    interpolant=pb.interpolant.name)
-    return BaselineResult(x.detach(), net.nfe, net.backward_passes, settings)
+                    grid=grid, sigma_min=sigma_min, sigma_max=sigma_max, steps=steps)
+    return pb.result(x, settings)
 

@@ -25,8 +25,8 @@ name               default NFE  reference (module)
 ``zero-shot-pivot`` 100         the EPS pivot with the prior alone (:mod:`.zero_shot`)
 =================  ===========  ==========================================================
 
-``eps`` (needs a trained EPS network) and ``palette`` (a trained conditional model) are
-reserved names: register them with :func:`register_method` when they exist.
+``eps`` and ``palette`` are not here: they need trained conditional networks, and
+:meth:`exactpost.Model.restore` runs them beside these methods.
 """
 
 from __future__ import annotations
@@ -44,9 +44,6 @@ from ._common import BaselineResult
 _dps, _pigdm, _ddnm, _ddrm, _daps, _mpgd, _zs = (
     importlib.import_module(f"{__package__}.{m}")
     for m in ("dps", "pigdm", "ddnm", "ddrm", "daps", "mpgd", "zero_shot"))
-
-RESERVED = ("eps", "palette")
-
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -100,9 +97,6 @@ def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` of ``name``."""
     if name in METHODS:
         return METHODS[name]
-    if name in RESERVED:
-        raise ValueError(f"method {name!r} is reserved but not registered yet (it needs a trained "
-                         f"network); add it with exactpost.baselines.register_method")
     raise ValueError(f"unknown method {name!r}; registered: {', '.join(METHODS)}")
 
 

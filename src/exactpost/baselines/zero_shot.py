@@ -14,7 +14,7 @@ import torch
 
 from .. import samplers as S
 from ..posterior import ZeroShotPivotDenoiser
-from ._common import ALL_INTERPOLANTS, BaselineResult, check_interpolant, make_problem, resolve_steps
+from ._common import ALL_INTERPOLANTS, BaselineResult, begin, resolve_steps
 
 DEFAULTS = dict(sampler="edm_heun", eta=0.0, sigma_min=0.002, sigma_max=80.0)
 DEFAULT_NFE = 100
@@ -29,8 +29,7 @@ def zero_shot_pivot(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe:
                     sigma_max: float = DEFAULTS["sigma_max"]) -> BaselineResult:
     """Sample with the zero-shot pivot denoiser; at most ``nfe`` NFE (default 100).
     Returns :class:`BaselineResult`, x0 [B, *op.in_shape]."""
-    pb = make_problem(prior, op, y, sigma_y, shape, interpolant, generator, dtype)
-    check_interpolant("zero-shot-pivot", pb, INTERPOLANTS)
+    pb = begin("zero-shot-pivot", INTERPOLANTS, prior, op, y, sigma_y, shape, interpolant, generator, dtype)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     budget = resolve_steps(nfe, DEFAULT_NFE)
@@ -48,5 +47,5 @@ def zero_shot_pivot(prior, op, y, sigma_y, shape=None, *, interpolant=None, nfe:
             steps = budget
             out = S.ddim(den, pb.shape, steps=steps, eta=eta, **common)
     settings = dict(DEFAULTS, sampler=sampler, eta=eta, sigma_min=sigma_min, sigma_max=sigma_max,
-                    steps=steps, interpolant=pb.interpolant.name)
-    return BaselineResult(out.x0, out.nfe, 0, settings)
+                    steps=steps)
+    return pb.result(out.x0, settings, nfe=out.nfe)

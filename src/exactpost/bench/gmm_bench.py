@@ -91,7 +91,8 @@ import torch
 
 from .. import argtypes
 from ..gmm import GaussianMixture, GMMProblem, mcgdiff_problem
-from ..imageio import save_text, write_atomic
+from ..atomic import write_atomic
+from ..io.images import save_text
 from ..interpolants import EDM
 from ..metrics import random_directions, sliced_wasserstein
 from ..operators import DenseOperator
@@ -740,7 +741,7 @@ def run_config(cfg: BenchConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m exactpost.bench.gmm_bench``) until the CLI wires it."""
+    """Stand-alone entry (``python -m exactpost.bench.gmm_bench``), the same as ``exactpost bench gmm``."""
     ap = argparse.ArgumentParser(prog="exactpost bench gmm", description=__doc__.split("\n\n")[0])
     add_arguments(ap)
     return run(ap.parse_args(argv))

@@ -98,7 +98,8 @@ import numpy as np
 import torch
 
 from .. import argtypes, zoo
-from ..imageio import save_text, write_atomic
+from ..atomic import write_atomic
+from ..io.images import save_text
 from ..sampler_spec import DEFAULT, LEGACY, parse_spec
 from .gmm_bench import derived_seed
 from .records import RecordLog, header_difference, json_safe, read_header
@@ -406,7 +407,7 @@ def _find_data_file(path: str, root: Path, family: str) -> Optional[Path]:
 def load_test_images(cfg: BenchConfig, family: str, root: Path, prior_card: dict, size: int
                      ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The first ``cfg.images`` test images, uint8 [N, 3, size, size], and where they came from."""
-    from ..training.data import DataError, load_images, resize_uint8, to_nchw_uint8
+    from ..io.images import DataError, load_images, resize_uint8, to_nchw_uint8
 
     if cfg.data == DEMO:
         imgs = to_nchw_uint8(zoo.demo_images(family, root), "demo images")
@@ -610,7 +611,7 @@ def features(encoder: Any, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
 def load_setup(cfg: BenchConfig) -> Setup:
     """Resolve the model family, its networks' cards, the test images, the tuned settings and
     the encoder; ValueError (one line) when something is missing."""
-    from ..training.data import to_float
+    from ..io.images import to_float
 
     family, root = resolve_family(cfg.model)
     notices: list[str] = []
@@ -660,22 +661,20 @@ def restore_batch(setup: Setup, cell: Cell, op, y: torch.Tensor, g: torch.Genera
 
 def score_cell(setup: Setup, samples: torch.Tensor, net_mean: Optional[torch.Tensor]) -> dict[str, Any]:
     """The scores of one cell from its samples [K, N, C, H, W] (module docstring)."""
-    from ..metrics import (crps, exchangeable_coverage, interval_coverage, mmd2_paired, psnr, rank_interval_coverage,
-                           spread_skill, ssim)
+    from ..metrics import (exchangeable_coverage, interval_coverage, mmd2_paired, rank_interval_coverage,
+                           restoration_scores, spread_skill)
 
     x0 = setup.truth
     out: dict[str, Any] = {}
     finite = bool(torch.isfinite(samples).all())
     out["finite"] = finite
-    est = samples.mean(0)
-    out["psnr"] = float(psnr(est, x0).mean())
-    out["ssim"] = float(ssim(est, x0).mean()) if finite else math.nan
-    out["psnr_sample"] = float(torch.stack([psnr(s, x0) for s in samples]).mean())
-    out["ssim_sample"] = float(torch.stack([ssim(s, x0) for s in samples]).mean()) if finite else math.nan
+    scores = restoration_scores(x0, samples.mean(0), samples)  # the estimate: the samples' average
+    out["psnr"], out["ssim"] = scores["psnr_mean"], scores["ssim_mean"]
+    out["psnr_sample"], out["ssim_sample"] = scores["psnr_sample"], scores["ssim_sample"]
     if net_mean is not None:
-        out["psnr_1nfe_mean"] = float(psnr(net_mean, x0).mean())
-        out["ssim_1nfe_mean"] = float(ssim(net_mean, x0).mean()) if bool(torch.isfinite(net_mean).all()) else math.nan
-    out["crps"] = float(crps(samples, x0).mean())
+        one = restoration_scores(x0, net_mean)
+        out["psnr_1nfe_mean"], out["ssim_1nfe_mean"] = one["psnr_mean"], one["ssim_mean"]
+    out["crps"] = scores["crps"]
     out["coverage90"] = interval_coverage(samples, x0, LEVEL) if finite else math.nan
     out["coverage80"] = rank_interval_coverage(samples, x0, CALIB_LEVEL) if finite else math.nan
     out["coverage80_reference"] = exchangeable_coverage(samples.shape[0], CALIB_LEVEL)

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from ..imageio import save_text
+from ..io.images import save_text
 
 
 def json_safe(x: Any) -> Any:

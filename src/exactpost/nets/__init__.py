@@ -8,8 +8,10 @@
 * :class:`EDMPrecond`: D(x, sigma, cond) = c_skip x + c_out F(concat(c_in x, cond), log(sigma)/4);
   :func:`as_denoiser` turns it into a ``D(x_t, t)`` for any interpolant, :func:`as_eps_network`
   into the ``net(pivot, cond, sigma)`` of :mod:`exactpost.posterior`.
+* :func:`load_model`: a trained network and its card from a checkpoint (safetensors + JSON).
 """
 
+from .loading import load_model
 from .precond import EDMPrecond, as_denoiser, as_eps_network, edm_coefficients, loss_weight
 from .unet import PRESETS, UNet, preset, UNetConfig, add_condition_channels, count_parameters, expand_unet
 
@@ -26,4 +28,5 @@ __all__ = [
     "loss_weight",
     "as_denoiser",
     "as_eps_network",
+    "load_model",
 ]

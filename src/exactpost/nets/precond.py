@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from ..batching import per_sample
 from ..interpolants import Interpolant, noise_levels
 from .unet import UNet, UNetConfig
 
@@ -159,7 +160,7 @@ def as_denoiser(precond: EDMPrecond, interpolant: Interpolant, task_id: Any = No
 
     def denoiser(x_t: torch.Tensor, t: Scalar) -> torch.Tensor:
         a, _, sigma = noise_levels(interpolant, t, x_t)
-        return precond(x_t / a.reshape((-1,) + (1,) * (x_t.dim() - 1)), sigma, task_id=task_id, sigma_y=sigma_y)
+        return precond(x_t / per_sample(a, x_t.dim()), sigma, task_id=task_id, sigma_y=sigma_y)
 
     return denoiser
 

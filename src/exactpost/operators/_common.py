@@ -42,10 +42,6 @@ class StructuredOperator(LinearOperator):
         return self._cache[k]
 
 
-def rho_per_sample(rho: torch.Tensor, ndim: int) -> torch.Tensor:
-    """A validated rho (shape [B] or [B, 1, ..., 1]) reshaped to broadcast against a
-    ``ndim``-dimensional batch ``[B, ...]``."""
-    return rho.reshape((-1,) + (1,) * (ndim - 1))
 
 
 def check_floating(t: torch.Tensor, name: str) -> None:

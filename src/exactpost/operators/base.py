@@ -27,6 +27,8 @@ from typing import Callable, Sequence, Union
 
 import torch
 
+from ..batching import per_sample
+
 Rho = Union[float, torch.Tensor]
 
 
@@ -58,7 +60,7 @@ def conjugate_gradient(
         return (u * w).reshape(B, -1).sum(1)
 
     def bc(c: torch.Tensor) -> torch.Tensor:
-        return c.reshape((B,) + (1,) * (b.dim() - 1))
+        return per_sample(c, b.dim())
 
     x = torch.zeros_like(b)
     r = b.clone()
@@ -160,7 +162,7 @@ class LinearOperator:
         return x - self._pinv(self._A(x))
 
     def _regularized_pinv(self, r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        rho_x = rho.reshape((-1,) + (1,) * len(self.in_shape))
+        rho_x = per_sample(rho, 1 + len(self.in_shape))
         zero = (rho_x == 0).reshape(-1)
         out = self._pinv(r) if bool(zero.any()) else None
         if bool(zero.all()):
@@ -174,11 +176,6 @@ class LinearOperator:
     def in_dim(self) -> int:
         """Number of unknowns d per sample."""
         return _prod(self.in_shape)
-
-    @property
-    def out_dim(self) -> int:
-        """Number of measurements m per sample."""
-        return _prod(self.out_shape)
 
     def _check_shape(self, t: torch.Tensor, shape: Sequence[int], name: str, what: str) -> None:
         if not isinstance(t, torch.Tensor):
@@ -223,7 +220,7 @@ class LinearOperator:
             raise ValueError(
                 "rho must be finite and > 0; for the noiseless limit use pinv/null_project"
             )
-        return r.reshape((-1,) + (1,) * (like.dim() - 1))
+        return per_sample(r, like.dim())
 
     def to_dense(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The operator as a dense matrix ``[m, d]`` (shared operators) or ``[B, m, d]``
@@ -275,6 +272,3 @@ def _prod(shape: Sequence[int]) -> int:
     return n
 
 
-def per_sample(value: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Reshape a [B] tensor to broadcast against a [B, ...] tensor with ``ndim`` dims."""
-    return value.reshape((-1,) + (1,) * (ndim - 1))

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 
-from ._common import StructuredOperator, as_tensor_param, check_shape_tuple, rho_per_sample
+from ..batching import per_sample
+from ._common import StructuredOperator, as_tensor_param, check_shape_tuple
 
 
 class FFTBlur(StructuredOperator):
@@ -120,7 +121,7 @@ class FFTBlur(StructuredOperator):
         return self.cached("pinv", like, make)
 
     def _regularized_pinv(self, r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        rho = rho_per_sample(rho, r.dim())
+        rho = per_sample(rho, r.dim())
         hf = self.transfer(r)
         den = hf.real**2 + hf.imag**2 + rho
         tik = hf.conj() / torch.where(rho > 0, den, torch.ones_like(den))

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 
-from ._common import StructuredOperator, check_batch_size, check_shape_tuple, rho_per_sample
+from ..batching import per_sample
+from ._common import StructuredOperator, check_batch_size, check_shape_tuple
 
 
 class Colorization(StructuredOperator):
@@ -53,4 +54,4 @@ class Colorization(StructuredOperator):
         return x - self._A(x)
 
     def _regularized_pinv(self, r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        return self._broadcast(r) / (1 + self.channels * rho_per_sample(rho, r.dim()))
+        return self._broadcast(r) / (1 + self.channels * per_sample(rho, r.dim()))

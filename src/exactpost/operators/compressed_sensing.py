@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from ..batching import per_sample
 from ._common import (
     StructuredOperator,
     as_tensor_param,
@@ -14,7 +15,6 @@ from ._common import (
     check_shape_tuple,
     generator_device,
     prod,
-    rho_per_sample,
 )
 
 
@@ -117,4 +117,4 @@ class CompressedSensing(StructuredOperator):
         return x - self._At(self._A(x))
 
     def _regularized_pinv(self, r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        return self._At(r / (1 + rho_per_sample(rho, r.dim())))
+        return self._At(r / (1 + per_sample(rho, r.dim())))

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 
-from ._common import StructuredOperator, check_batch_size, check_shape_tuple, rho_per_sample
+from ..batching import per_sample
+from ._common import StructuredOperator, check_batch_size, check_shape_tuple
 
 
 class Denoising(StructuredOperator):
@@ -42,4 +43,4 @@ class Denoising(StructuredOperator):
         return torch.zeros_like(x)
 
     def _regularized_pinv(self, r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        return r / (1 + rho_per_sample(rho, r.dim()))
+        return r / (1 + per_sample(rho, r.dim()))

@@ -10,13 +10,13 @@ from typing import Sequence
 
 import torch
 
+from ..batching import per_sample
 from ._common import (
     StructuredOperator,
     as_tensor_param,
     check_batch_size,
     check_positive_int,
     generator_device,
-    rho_per_sample,
 )
 
 
@@ -103,7 +103,7 @@ class Inpainting(StructuredOperator):
         return (1 - self.mask_like(x)) * x
 
     def _regularized_pinv(self, r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        return self.mask_like(r) * r / (1 + rho_per_sample(rho, r.dim()))
+        return self.mask_like(r) * r / (1 + per_sample(rho, r.dim()))
 
 
 def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:

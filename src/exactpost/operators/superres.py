@@ -6,12 +6,12 @@ from typing import Sequence
 
 import torch
 
+from ..batching import per_sample
 from ._common import (
     StructuredOperator,
     check_batch_size,
     check_positive_int,
     check_shape_tuple,
-    rho_per_sample,
 )
 
 
@@ -71,4 +71,4 @@ class AveragePoolSR(StructuredOperator):
         return x - self.upsample(self._A(x))
 
     def _regularized_pinv(self, r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        return self.upsample(r) / (1 + self.factor**2 * rho_per_sample(rho, r.dim()))
+        return self.upsample(r) / (1 + self.factor**2 * per_sample(rho, r.dim()))

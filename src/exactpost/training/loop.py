@@ -40,13 +40,16 @@ from torch import nn
 
 from .. import conditioning as cond_kinds
 from ..interpolants import EDM
+from ..metrics import restoration_scores
 from ..nets import UNet, UNetConfig, count_parameters, preset
 from ..nets.precond import EDMPrecond, as_eps_network
 from ..nets.unet import expand_unet
 from ..posterior import EPSPosteriorDenoiser
 from ..tasks import make_operator, simulate, task_names
-from .checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
-from .data import BatchStream, load_images, to_float
+from ..io.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
+from ..io.images import load_images, to_float
+from ..nets.loading import load_model
+from .data import BatchStream
 from .objectives import NoiseLevels, Objective, loss_on_batch, make_batch
 from .precision import autocast_for, resolve_precision
 from .stop import StopRequests, TrainingStopped
@@ -167,28 +170,6 @@ def build_model(cfg: TrainConfig, objective: Objective, generator: torch.Generat
     return EDMPrecond(UNet.from_config(unet_cfg, generator=generator)), {}
 
 
-def load_model(path: str | os.PathLike, expect: Optional[dict] = None) -> tuple[EDMPrecond, dict]:
-    """Load an exported model checkpoint (``model.safetensors`` + ``model.json``, or any pair
-    written by :func:`export_model`): returns the EDMPrecond (eval mode) and its card."""
-    tensors, card = load_checkpoint(path, expect=expect)
-    if not isinstance(card.get("model"), dict):
-        raise CheckpointError(f"{path}: card has no 'model' architecture entry (a JSON object); not an exactpost model")
-    # a foreign card can hold any JSON under "model" (a string, a list, null fields): every
-    # failure to read it is this file's fault, reported in one line, never a traceback
-    try:
-        model = EDMPrecond.from_dict(card["model"])
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        msg = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
-        raise CheckpointError(f"{path}: the card's 'model' entry is not an exactpost architecture ({msg})") from None
-    try:
-        model.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
-                              or tensors, strict=True)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        msg = str(exc).splitlines()[0][:200]
-        raise CheckpointError(f"{path}: weights do not fit the architecture in its card ({msg})") from None
-    return model.eval(), card
-
-
 # --- helpers ----------------------------------------------------------------------------
 class EMA:
     """Exponential moving average of a model's parameters and buffers.
@@ -273,9 +254,9 @@ class _DDPLossView:
 
 
 def _psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """PSNR in dB for images in [-1, 1] (peak-to-peak 2), averaged over images."""
-    mse = ((x.clamp(-1, 1) - ref) ** 2).flatten(1).mean(1)
-    return float((10 * torch.log10(4.0 / mse.clamp(min=1e-12))).mean())
+    """PSNR in dB of x against ref (images in [-1, 1], x clamped), averaged over images:
+    the ``psnr_mean`` of :func:`exactpost.metrics.restoration_scores`."""
+    return restoration_scores(ref, x)["psnr_mean"]
 
 
 @torch.no_grad()
@@ -296,7 +277,7 @@ def evaluate(model: EDMPrecond, objective: Objective, images: torch.Tensor, seed
         op = make_operator(task, len(x0), tuple(x0.shape[1:]), generator=g)
         y = simulate(op, x0, sy, generator=g)
         cond = cond_kinds.build_conditioning(objective.conditioning, op, y, sy)
-        tid = torch.full((len(x0),), objective.task_index(task), dtype=torch.long)
+        tid = torch.full((len(x0),), cond_kinds.task_embedding_index(task), dtype=torch.long)
         syv = torch.full((len(x0),), sy)
         if objective.uses_pivot:
             den = EPSPosteriorDenoiser(as_eps_network(model, tid, syv), op, y, sy, EDM(), cond=cond)

@@ -114,10 +114,6 @@ class Objective:
     def uses_pivot(self) -> bool:
         return conditioning_.uses_pivot(self.conditioning)
 
-    def task_index(self, task: str) -> int:
-        """The id fed to the task embedding (:func:`exactpost.conditioning.task_embedding_index`)."""
-        return conditioning_.task_embedding_index(task)
-
     def to_dict(self) -> dict:
         """The card's ``objective`` entry; ``task_ids`` is what inference reads back."""
         out = {"kind": self.kind, "tasks": list(self.tasks), "sigma_y": self.sigma_y,
@@ -164,7 +160,7 @@ def make_batch(objective: Objective, x0: torch.Tensor, generator: torch.Generato
                      if objective.uses_pivot else x_tilde[rows])
         if cond is not None:
             cond[rows] = conditioning_.build_conditioning(objective.conditioning, op, y, sigma_y[rows])
-        task_id[rows] = objective.task_index(task)
+        task_id[rows] = conditioning_.task_embedding_index(task)
     return Batch(x0, sigma, inp, cond, task_id, sigma_y)
 
 

@@ -298,9 +298,6 @@ def load_checkpoint(path: PathLike, expect: Optional[Mapping[str, Any]] = None
 # training state
 # ---------------------------------------------------------------------------------------
 
-_TAGS = ("__tensor__", "__tuple__", "__dict__", "__module__")
-
-
 def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     """Replace tensors by {"__tensor__": name} (stored in ``tensors`` under ``path``),
     tuples by {"__tuple__": [...]}, dicts with non-string keys by {"__dict__": [[k, v], ...]}."""

@@ -1,0 +1,1 @@
+"""Files in and out: checkpoints (safetensors + JSON card) and images (data sets, PNG)."""
