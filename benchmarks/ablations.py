@@ -44,7 +44,7 @@ from exactpost import zoo
 from exactpost.demo import task_seed
 from exactpost.io.images import save_text
 from exactpost.metrics import crps, psnr
-from exactpost.restore import restore_measurement
+from exactpost.api import restore_measurement
 from exactpost.restoration import Restoration, eps_restore
 from exactpost.tasks import TASKS, TaskSpec, make_operator, simulate
 from exactpost.io.images import load_images, to_float

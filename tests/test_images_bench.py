@@ -22,7 +22,8 @@ from exactpost.bench import images_bench as ib
 from exactpost.cli import build_parser, main
 from exactpost.demo import task_seed
 from exactpost.metrics import crps, frechet_distance, mmd2, mmd2_paired, psnr
-from exactpost.restore import method_names, restore_measurement
+from exactpost.api import methods as method_names
+from exactpost.api import restore_measurement
 from exactpost.tasks import make_operator, simulate
 from exactpost.io.images import to_float
 
@@ -117,7 +118,7 @@ def test_run_writes_the_table_and_its_numbers_recheck(models_env, tmp_path, caps
     assert "psnr_1nfe_mean" in by[("sr4", "eps")] and "psnr_1nfe_mean" not in by[("sr4", "ddnm")]
     assert by[("sr4", "dps")]["backward_passes"] == 3 and by[("sr4", "ddnm")]["backward_passes"] == 0
     md = (prefix.parent / "bench.md").read_text()
-    assert ("| task | method | NFE | PSNR | SSIM | CRPS | MMD | FD | cov80 (ref) | spread/skill | s / image "
+    assert ("| task | method | NFE | PSNR | SSIM | CRPS | FD | cov80 (ref) | spread/skill | s / image "
             "| cost ratio |") in md
     assert all(r["coverage80_reference"] == pytest.approx(1 / 3) for r in rows)  # K = 2: [min, max], 1/3
     assert md.count("| sr4 |") == 3 and md.count("| inpaint-random |") == 3

@@ -29,6 +29,7 @@ LAYER_OF = {
     "schedules": "core", "sampler_spec": "core", "conditioning": "core", "gmm": "core", "gaussian_prior": "core",
     "metrics": "core", "memory": "core", "batching": "core",
     "nets": "nets", "backbones": "nets", "backbones.finetune": "training", "backbones.scheduler_sampling": "inference",
+    "backbones.scheduler_restore": "inference",
     "backbones.__init__": "inference",  # the package's facade re-exports scheduler_sampling
     # the feature encoder's architecture, its training and its command in one module (to split)
     "encoder": "app",

@@ -129,7 +129,7 @@ def test_every_method_restores_through_the_same_command(env, tmp_path, method):
 def test_restore_measurement_passes_baseline_settings_and_refuses_them_for_trained_methods(env):
     import torch
 
-    from exactpost.restore import restore_measurement
+    from exactpost.api import restore_measurement
     from exactpost.tasks import make_operator, simulate
 
     prior = zoo.find_model("tiny-32", "prior")

@@ -18,16 +18,16 @@ the checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
 from . import zoo
+from .io.images import to_float
 from .operators.base import LinearOperator
 from .restoration import Restoration, eps_restore, palette_restore
-from .tasks import get_task, make_operator, simulate, task_names
+from .tasks import Measurement, get_task, make_operator, task_names
 
 #: the methods a model restores with: its trained networks, then the zero-shot baselines on its prior
 TRAINED = ("eps", "palette")
@@ -40,43 +40,9 @@ def methods() -> list[str]:
     return list(TRAINED) + [m for m in METHODS if m not in TRAINED]
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """y = A x0 + sigma_y n, with what produced it.
-
-    Attributes:
-        op: the operator A (shared, or per sample with y's batch).
-        y: the measurement, [B, *op.out_shape].
-        sigma_y: the noise standard deviation (>= 0; 0 = noiseless), on the [-1, 1] scale.
-        task: the task id the operator belongs to (its task embedding for trained networks),
-            or None for an operator of your own.
-    """
-
-    op: LinearOperator
-    y: torch.Tensor
-    sigma_y: float
-    task: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.op, LinearOperator):
-            raise ValueError(f"op must be an exactpost LinearOperator, got {type(self.op).__name__}")
-        self.op.check_y(self.y)
-        if not float(self.sigma_y) >= 0:
-            raise ValueError(f"sigma_y must be >= 0, got {self.sigma_y}")
-        if self.task is not None:
-            get_task(self.task)
-
-    @classmethod
-    def simulate(cls, task: str, x0: torch.Tensor, sigma_y: float = 0.05,
-                 generator: Optional[torch.Generator] = None) -> "Measurement":
-        """Degrade clean images x0 [B, C, H, W] (in [-1, 1]) with task's operator (drawn from
-        ``generator`` for the random tasks) and noise sigma_y."""
-        op = make_operator(task, x0.shape[0], tuple(x0.shape[1:]), generator=generator)
-        return cls(op, simulate(op, x0, sigma_y, generator=generator), float(sigma_y), task)
-
-
 def _as_measurement(y: Union[Measurement, torch.Tensor], task_or_operator: Union[str, LinearOperator, None],
-                    sigma_y: Optional[float], task: Optional[str], image_shape: tuple[int, ...]) -> Measurement:
+                    sigma_y: Optional[float], task: Optional[str],
+                    image_shape: Optional[tuple[int, ...]]) -> Measurement:
     """A :class:`Measurement` from what :meth:`Model.restore` was given (one-line errors)."""
     if isinstance(y, Measurement):
         if task_or_operator is not None:
@@ -118,24 +84,33 @@ class Model:
         cfg = next(iter(self.entries.values())).card["model"]["unet"]
         return (int(cfg.get("in_channels", 3)), int(cfg["image_size"]), int(cfg["image_size"]))
 
-    def network(self, kind: str) -> torch.nn.Module:
-        """The ``kind`` network (prior, eps or palette), loaded once."""
+    def entry(self, kind: str) -> zoo.ModelEntry:
+        """The checkpoint of the ``kind`` network (prior, eps or palette): path and card."""
         if kind not in self.entries:
             raise ValueError(f"{self.name} has no {kind} network (it has: {', '.join(self.entries)})")
+        return self.entries[kind]
+
+    def network(self, kind: str) -> torch.nn.Module:
+        """The ``kind`` network (prior, eps or palette), loaded once, in eval mode with its
+        parameters frozen (restoring never needs their gradients; DPS and PiGDM backpropagate
+        to the input only)."""
         if kind not in self._nets:
-            self._nets[kind] = zoo.load(self.entries[kind])
+            net = zoo.load(self.entry(kind)).eval()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            self._nets[kind] = net
         return self._nets[kind]
 
     def demo_images(self) -> torch.Tensor:
         """The bundled test images of this family as float [N, C, H, W] in [-1, 1]."""
-        imgs = torch.from_numpy(zoo.demo_images(self.name)).permute(0, 3, 1, 2)
-        return imgs.float() / 127.5 - 1.0
+        return to_float(torch.from_numpy(zoo.demo_images(self.name)).permute(0, 3, 1, 2).contiguous())
 
     @torch.no_grad()
     def restore(self, y: Union[Measurement, torch.Tensor], task_or_operator: Union[str, LinearOperator, None] = None,
                 *, sigma_y: Optional[float] = None, task: Optional[str] = None, samples: int = 4,
-                nfe: Optional[int] = None, method: str = "eps", generator: Optional[torch.Generator] = None
-                ) -> Restoration:
+                nfe: Optional[int] = None, method: str = "eps", generator: Optional[torch.Generator] = None,
+                sampler: Any = None, settings: Optional[dict] = None, scheduler: Any = None,
+                on_sample: Optional[Callable[[int], None]] = None) -> Restoration:
         """Posterior mean, ``samples`` posterior samples and the per-pixel std for y.
 
         Args:
@@ -148,25 +123,65 @@ class Model:
             nfe: network evaluations per sample (default: 20 for EPS, 100 otherwise).
             method: ``eps``, ``palette`` or a baseline (:func:`methods`).
             generator: all randomness.
+            sampler: the sampler spec of eps/palette (:mod:`exactpost.sampler_spec`; None: theirs).
+            settings: a baseline's settings (e.g. tuned step sizes; :func:`exactpost.baselines.run_method`).
+            scheduler: a diffusers scheduler object sampling eps/palette on a diffusers backbone.
+            on_sample: called with i after each posterior sample of eps/palette (progress bars).
         Returns:
             :class:`~exactpost.restoration.Restoration`: ``mean``, ``samples`` [M, B, ...],
             ``std``, ``nfe`` (per sample), ``seconds``.
         """
         if method not in methods():
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(methods())}")
-        m = _as_measurement(y, task_or_operator, sigma_y, task, self.image_shape)
+        m = _as_measurement(y, task_or_operator, sigma_y, task,
+                            None if isinstance(y, Measurement) else self.image_shape)
         nfe = (20 if method == "eps" else 100) if nfe is None else int(nfe)
-        if method in TRAINED:
-            if m.task is None:
-                raise ValueError(f"the {method} network embeds the task: pass task= (one of {', '.join(task_names())})")
-            restore = eps_restore if method == "eps" else palette_restore
-            kind = method
-            return restore(self.network(kind), self.entries[kind].card, m.op, m.y, m.sigma_y, m.task,
-                           n_samples=samples, nfe=nfe, generator=generator)
-        from .baselines_restore import baseline_restore
+        if method in TRAINED and m.task is None:
+            raise ValueError(f"the {method} network embeds the task: pass task= (one of {', '.join(task_names())})")
+        kind = method if method in TRAINED else "prior"
+        return restore_measurement(method, self.network(kind), self.entry(kind).card, m.op, m.y, m.sigma_y, m.task,
+                                   n_samples=samples, nfe=nfe, generator=generator, settings=settings,
+                                   sampler=sampler, scheduler=scheduler, on_sample=on_sample)
 
-        return baseline_restore(method, self.network("prior"), m.op, m.y, m.sigma_y, n_samples=samples, nfe=nfe,
-                                generator=generator, task=m.task)
+
+def restore_measurement(method: str, net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor,
+                        sigma_y: float, task: Optional[str], *, n_samples: int = 4, nfe: int = 20,
+                        generator: Optional[torch.Generator] = None, settings: Optional[dict] = None,
+                        sampler: Any = None, scheduler: Any = None,
+                        on_sample: Optional[Callable[[int], None]] = None) -> Restoration:
+    """The one dispatcher under :meth:`Model.restore`, for a network already in hand: ``eps``
+    and ``palette`` take their trained network and card; every zero-shot baseline of
+    :mod:`exactpost.baselines` takes the prior network (``card`` unused) and optional
+    ``settings`` (e.g. tuned step sizes; an error for the trained methods). Returns a
+    :class:`~exactpost.restoration.Restoration` (mean, samples [M, B, ...], std, NFE).
+    ``sampler``: the sampler spec of ``eps``/``palette`` (:mod:`exactpost.sampler_spec`; None:
+    their defaults; an error for the baselines). ``scheduler``: a diffusers scheduler object
+    that samples ``eps``/``palette`` on a diffusers backbone instead
+    (:func:`exactpost.backbones.scheduler_restore.scheduler_restore`)."""
+    g = generator
+    if scheduler is not None:
+        if sampler is not None:
+            raise ValueError("give a sampler spec or a diffusers scheduler, not both")
+        if settings:
+            raise ValueError(f"{method} takes no baseline settings (got {sorted(settings)})")
+        from .backbones.scheduler_restore import scheduler_restore
+
+        return scheduler_restore(method, net, card, scheduler, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe,
+                                 generator=g)
+    if sampler is not None and method not in TRAINED:
+        raise ValueError(f"{method} has its own sampler; a sampler spec applies to eps and palette only")
+    if settings and method in TRAINED:
+        raise ValueError(f"{method} takes no baseline settings (got {sorted(settings)})")
+    if method == "eps":
+        return eps_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g, sampler=sampler,
+                           on_sample=on_sample)
+    if method == "palette":
+        return palette_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g,
+                               sampler=sampler, on_sample=on_sample)
+    from .baselines_restore import baseline_restore
+
+    return baseline_restore(method, net, op, y, sigma_y, n_samples=n_samples, nfe=nfe, generator=g, task=task,
+                            settings=settings)
 
 
 def load(name_or_path: Union[str, Path]) -> Model:
@@ -174,7 +189,12 @@ def load(name_or_path: Union[str, Path]) -> Model:
     or one checkpoint by path (``path/to/model`` or ``path/to/model.safetensors``)."""
     text = str(name_or_path)
     if text in zoo.model_names():
-        entries = {e.kind: e for e in zoo.list_models() if e.name == text}
+        entries = {}
+        for kind in zoo.KINDS:  # a checkpoint pair or a diffusers folder per kind
+            try:
+                entries[kind] = zoo.find_model(text, kind)
+            except zoo.ModelNotFound:
+                pass
         return Model(entries, text)
     entry = zoo.find_model(text, "eps")  # a path: its own card says what it is
     kind = entry.card.get("objective", {}).get("kind", "prior") if isinstance(entry.card.get("objective"), dict) \

@@ -19,14 +19,13 @@ from typing import Any, Optional, Sequence
 import torch
 
 from . import zoo
-from .io.images import save_grid
-from .io.images import save_text
+from .api import Measurement, load
+from .io.images import save_grid, save_text
 from .metrics import restoration_scores
 from .output_paths import check_output_dir
-from .restoration import Restoration, eps_restore
+from .restoration import Restoration
 from .sampler_spec import DEFAULT, parse_spec
-from .tasks import TASKS, make_operator, simulate, task_names
-from .io.images import to_float
+from .tasks import TASKS, task_names
 from .visualize import STD_WHITE, measurement_image, panel, panel_labels
 
 
@@ -80,11 +79,11 @@ def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = No
         raise ValueError(f"--sigma-y must be a finite number >= 0, got {sigma_y}")
     spec = parse_spec(sampler) if sampler is not None else DEFAULT  # a bad spec: one line, before any work
     out_dir = check_output_dir(out, existing_ok=True)  # before any work: a file, a broken link, no permission
-    entry = zoo.find_model(model, "eps")
-    net = zoo.load(entry)
-    size = net.config.image_size
+    restorer = load(model)
+    entry = restorer.entry("eps")
+    size = restorer.network("eps").config.image_size
     if images is None:
-        images = to_float(torch.from_numpy(zoo.demo_images(entry.name)).permute(0, 3, 1, 2).contiguous())
+        images = restorer.demo_images()
     if images.shape[-1] != size or images.shape[-2] != size:
         raise ValueError(f"the demo images are {images.shape[-2]}x{images.shape[-1]} but the model is for {size}x{size}")
     if n_images > images.shape[0]:
@@ -99,13 +98,12 @@ def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = No
     rows = []
     for task in tasks:
         g = torch.Generator().manual_seed(task_seed(seed, task))
-        op = make_operator(task, n_images, tuple(x0.shape[1:]), generator=g)
-        y = simulate(op, x0, sigma_y, generator=g)
+        m = Measurement.simulate(task, x0, sigma_y, generator=g)
         if bar is not None:
             bar.set_postfix(task=task)
-        res = eps_restore(net, entry.card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g,
-                          sampler=spec, on_sample=(lambda i: bar.update(1)) if bar is not None else None)
-        imgs, ncol = panel(x0, measurement_image(op, y), res.mean, res.samples, res.std)
+        res = restorer.restore(m, samples=n_samples, nfe=nfe, generator=g, sampler=spec,
+                               on_sample=(lambda i: bar.update(1)) if bar is not None else None)
+        imgs, ncol = panel(x0, measurement_image(m.op, m.y), res.mean, res.samples, res.std)
         save_grid(imgs, out_dir / f"{task}.png", ncol=ncol, scale=PNG_SCALE, labels=panel_labels(n_samples))
         rows.append(dict(task=task, **score(res, x0), nfe_mean=res.nfe_mean, nfe_sample=res.nfe_sample,
                          seconds_per_image=res.seconds / n_images, image=f"{task}.png"))

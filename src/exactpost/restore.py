@@ -31,22 +31,17 @@ from typing import Any, Optional
 import torch
 
 from . import zoo
-from .api import TRAINED, methods
+from .api import TRAINED, Measurement, load, methods
 from .atomic import staged_folder
 from .io.images import save_grid, save_text
 from .memory import check_fits
 from .metrics import restoration_scores
 from .operators import AveragePoolSR, FFTBlur, Inpainting, LinearOperator
-from .restoration import Restoration, eps_restore, palette_restore
 from .sampler_spec import parse_spec
 from .restore_inputs import InputError, check_output_dir, read_image, read_kernel, read_lowres, read_mask
 from .tasks import TASKS, make_operator, simulate, task_names
 from .visualize import STD_WHITE, measurement_image, std_image
 
-#: Methods that use a trained conditional network of the same name (the rest use the prior).
-TRAINED_METHODS = TRAINED
-#: Every method ``restore`` accepts: the trained ones, then the zero-shot baselines on the prior.
-method_names = methods
 
 
 def _operator_for_measurement(task: str, size: int, mask: Optional[str], kernel: Optional[str],
@@ -91,9 +86,8 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     t0 = time.perf_counter()
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(task_names())}")
-    methods = method_names()
-    if method not in methods:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
+    if method not in methods():
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(methods())}")
     if n_samples < 2:
         raise InputError(f"--samples must be >= 2 (the std needs two samples), got {n_samples}")
     if not (math.isfinite(sigma_y) and sigma_y >= 0):
@@ -105,17 +99,18 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
         from .backbones.scheduler_restore import check_scheduler_name  # pure Python (no diffusers import)
 
         check_scheduler_name(scheduler)
-        if method not in TRAINED_METHODS:
+        if method not in TRAINED:
             raise InputError(f"--scheduler drives eps and palette; {method} has its own sampler (drop --scheduler)")
     if sampler is not None:
         sampler = parse_spec(sampler).name  # a bad spec: one line, before any work
-        if method not in TRAINED_METHODS:
+        if method not in TRAINED:
             raise InputError(f"--sampler drives eps and palette; {method} has its own sampler (drop --sampler)")
         if scheduler is not None:
             raise InputError("give --sampler (exactpost's sampler) or --scheduler (a diffusers scheduler), not both")
     out_dir = check_output_dir(out, overwrite=overwrite)
-    kind = method if method in TRAINED_METHODS else "prior"
-    entry = zoo.find_model(model, kind)
+    kind = method if method in TRAINED else "prior"
+    restorer = load(model)
+    entry = restorer.entry(kind)
     sched = None
     if scheduler is not None:
         if not zoo.is_diffusers(entry):
@@ -124,8 +119,7 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
         from .backbones.scheduler_restore import load_scheduler
 
         sched = load_scheduler(entry.path, scheduler)
-    net = zoo.load(entry)
-    size = net.config.image_size
+    size = restorer.network(kind).config.image_size
     g = torch.Generator().manual_seed(seed)
     truth = None
     if simulate_input:
@@ -141,8 +135,8 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     # held at once: the samples (a list and their stack) in float32, 8 bytes a value at least
     check_fits(n_samples * 3 * size * size * 8, f"{n_samples} samples of 3x{size}x{size}",
                "ask for fewer samples (--samples)")
-    res = restore_measurement(method, net, entry.card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe,
-                              generator=g, scheduler=sched, sampler=sampler)
+    res = restorer.restore(Measurement(op, y, sigma_y, task), method=method, samples=n_samples, nfe=nfe, generator=g,
+                           scheduler=sched, sampler=sampler)
     info: dict[str, Any] = dict(
         input=str(image), task=task, mode="simulate" if simulate_input else "measurement", mask=mask, kernel=kernel,
         model=entry.name, model_kind=kind, model_sha256=entry.card.get("sha256"), method=method,
@@ -166,41 +160,3 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
         info["seconds"] = time.perf_counter() - t0
         save_text(stage / "restore.json", json.dumps(info, indent=2) + "\n")
     return info
-
-
-def restore_measurement(method: str, net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.Tensor,
-                        sigma_y: float, task: str, *, n_samples: int = 4, nfe: int = 20,
-                        generator: Optional[torch.Generator] = None,
-                        settings: Optional[dict] = None, sampler: Optional[str] = None,
-                        scheduler: Any = None) -> Restoration:
-    """One interface for every method: ``eps`` and ``palette`` take their trained network
-    and card; every zero-shot baseline of :mod:`exactpost.baselines` takes the prior network
-    (``card`` unused) and optional ``settings`` (e.g. tuned step sizes; an error for the
-    trained methods). Returns a :class:`~exactpost.restoration.Restoration` (mean, samples
-    [M, B, ...], std, NFE). ``sampler``: the sampler spec of ``eps``/``palette``
-    (:mod:`exactpost.sampler_spec`; None: their defaults; an error for the baselines).
-    ``scheduler``: a diffusers scheduler object that samples ``eps``/``palette`` on a
-    diffusers backbone instead (:func:`exactpost.backbones.scheduler_restore.scheduler_restore`)."""
-    g = generator
-    if scheduler is not None:
-        if sampler is not None:
-            raise ValueError("give a sampler spec or a diffusers scheduler, not both")
-        if settings:
-            raise ValueError(f"{method} takes no baseline settings (got {sorted(settings)})")
-        from .backbones.scheduler_restore import scheduler_restore
-
-        return scheduler_restore(method, net, card, scheduler, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe,
-                                 generator=g)
-    if sampler is not None and method not in TRAINED_METHODS:
-        raise ValueError(f"{method} has its own sampler; a sampler spec applies to eps and palette only")
-    if settings and method in TRAINED_METHODS:
-        raise ValueError(f"{method} takes no baseline settings (got {sorted(settings)})")
-    if method == "eps":
-        return eps_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g, sampler=sampler)
-    if method == "palette":
-        return palette_restore(net, card, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe, generator=g,
-                               sampler=sampler)
-    from .baselines_restore import baseline_restore
-
-    return baseline_restore(method, net, op, y, sigma_y, n_samples=n_samples, nfe=nfe, generator=g, task=task,
-                            settings=settings)

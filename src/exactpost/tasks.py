@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -201,3 +201,39 @@ def simulate(
     if isinstance(operator, Inpainting):
         noise = operator.A(noise)
     return ax + per_sample(s, ax.dim()) * noise
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """y = A x0 + sigma_y n, with what produced it: the measurement and its noise level travel
+    together (:meth:`simulate` makes one; :meth:`exactpost.Model.restore` takes one).
+
+    Attributes:
+        op: the operator A (shared, or per sample with y's batch).
+        y: the measurement, [B, *op.out_shape].
+        sigma_y: the noise standard deviation (>= 0; 0 = noiseless), on the [-1, 1] scale.
+        task: the task id the operator belongs to (its task embedding for trained networks),
+            or None for an operator of your own.
+    """
+
+    op: LinearOperator
+    y: torch.Tensor
+    sigma_y: float
+    task: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.op, LinearOperator):
+            raise ValueError(f"op must be an exactpost LinearOperator, got {type(self.op).__name__}")
+        self.op.check_y(self.y)
+        if not float(self.sigma_y) >= 0:
+            raise ValueError(f"sigma_y must be >= 0, got {self.sigma_y}")
+        if self.task is not None:
+            get_task(self.task)
+
+    @classmethod
+    def simulate(cls, task: str, x0: torch.Tensor, sigma_y: float = 0.05,
+                 generator: Optional[torch.Generator] = None) -> "Measurement":
+        """Degrade clean images x0 [B, C, H, W] (in [-1, 1]) with task's operator (drawn from
+        ``generator`` for the random tasks) and noise sigma_y."""
+        op = make_operator(task, x0.shape[0], tuple(x0.shape[1:]), generator=generator)
+        return cls(op, simulate(op, x0, sigma_y, generator=generator), float(sigma_y), task)

@@ -7,7 +7,7 @@ as ``exactpost demo`` and ``benchmarks/model_quality.py`` draw them (one generat
 :func:`exactpost.demo.task_seed` (seed, task), ``make_operator(task, N)`` then ``simulate``),
 so every method sees the same y, and the numbers are comparable with the model-quality table.
 Then for every cell (task, method, NFE budget) the N images are restored in batches of
-``--batch`` by :func:`exactpost.restore.restore_measurement` (``eps``: the EPS network, the
+``--batch`` by :meth:`exactpost.api.Model.restore` (``eps``: the EPS network, the
 1-NFE posterior mean and the ``--eps-sampler`` (default :data:`exactpost.sampler_spec.DEFAULT`)
 from it; ``palette``: the Palette network; every zero-shot
 baseline on the prior network, with the step sizes tuned on validation images, the
@@ -35,7 +35,10 @@ Scores of a cell (images in [-1, 1], samples clamped to [-1, 1] as when saved as
   metrics.mmd2's cross term also averages the N matched pairs k(x_i, y_i), which are close,
   and would reward a sample for resembling its own truth (a bias of about -2 (k_ii - k_ij) / N,
   -0.08 at N = 8) rather than measure the distance between the distributions. It can be
-  slightly negative (indistinguishable up to noise);
+  slightly negative (indistinguishable up to noise). In the JSON only: at N = 100 its noise
+  floor (two disjoint sets of real test faces: +0.0015, ``benchmarks/mmd_floor.py``) is above
+  nearly every method's value, and it separates only gross failures (a 4x blur: +0.015) that
+  PSNR and FD already flag, at the median bandwidth or a smaller one;
 * FD: the Frechet distance (:func:`exactpost.metrics.frechet_distance`) between the
   features of the same two sets under the family's small encoder
   (:func:`exactpost.encoder.find_encoder`); ``null`` / "n/a" when the family has none. Biased
@@ -198,10 +201,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # --- configuration ----------------------------------------------------------------------
 def all_methods() -> list[str]:
-    """eps, palette, then every zero-shot baseline :func:`restore_measurement` runs."""
-    from ..restore import method_names
+    """eps, palette, then every zero-shot baseline (:func:`exactpost.api.methods`)."""
+    from ..api import methods
 
-    return method_names()
+    return methods()
 
 
 @dataclass
@@ -492,13 +495,6 @@ def load_tuned(cfg: BenchConfig, prior_sha: Optional[str], notices: list[str]) -
     return {}, None
 
 
-def _freeze(net: torch.nn.Module) -> torch.nn.Module:
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
-
-
 @dataclass
 class Setup:
     """Everything the cells share: models, test images, measurements, encoder, tuned settings."""
@@ -515,16 +511,14 @@ class Setup:
     notices: list[str] = field(default_factory=list)
     encoder: Any = None
     encoder_note: str = ""
-    nets: dict[str, torch.nn.Module] = field(default_factory=dict)
+    model: Any = None  # the exactpost.api.Model of the family's networks (loaded lazily, frozen)
     measurements: dict[str, tuple[Any, torch.Tensor]] = field(default_factory=dict)
     _truth_feats: Optional[torch.Tensor] = None
     _bandwidth: Optional[float] = None
     schedulers: dict[str, Any] = field(default_factory=dict)  # --scheduler: one per model kind
 
     def net(self, kind: str) -> torch.nn.Module:
-        if kind not in self.nets:
-            self.nets[kind] = _freeze(zoo.load(self.entries[kind]))
-        return self.nets[kind]
+        return self.model.network(kind)
 
     def measurement(self, task: str) -> tuple[Any, torch.Tensor]:
         """The operator and y of ``task`` for all N images (seeded as the demo)."""
@@ -633,30 +627,29 @@ def load_setup(cfg: BenchConfig) -> Setup:
         if plain:
             raise ValueError(f"--scheduler drives diffusers models' own schedulers; the {' and '.join(plain)} model of "
                              f"{family!r} is not a diffusers folder (drop --scheduler)")
-    prior_net = _freeze(zoo.load(prior))
-    imgs, data = load_test_images(cfg, family, root, prior.card, prior_net.config.image_size)
+    from ..api import Model
+
+    model = Model({k: e for k, e in entries.items() if e is not None}, family)
+    imgs, data = load_test_images(cfg, family, root, prior.card, model.network("prior").config.image_size)
     tuned, tuned_path = load_tuned(cfg, prior.card.get("sha256"), notices)
     encoder, note = find_encoder(cfg.model)
     return Setup(cfg, family, root, entries, to_float(imgs), data, tuned, tuned_path, methods, notices,
-                 encoder, note, nets={"prior": prior_net})
+                 encoder, note, model=model)
 
 
 # --- one cell ----------------------------------------------------------------------------
 def restore_batch(setup: Setup, cell: Cell, op, y: torch.Tensor, g: torch.Generator):
     """One batch of ``cell``: a :class:`~exactpost.restoration.Restoration` and the settings
     that differ from the method's defaults (the tuned ones)."""
-    from ..restore import TRAINED_METHODS, restore_measurement
+    from ..api import TRAINED, Measurement
 
     method = cell.method
-    kind = method if method in TRAINED_METHODS else "prior"
-    net = setup.net(kind)
-    card = setup.entries[kind].card
-    settings = dict(setup.tuned.get(method, {}).get(cell.task, {})) if kind == "prior" else {}
+    settings = dict(setup.tuned.get(method, {}).get(cell.task, {})) if method not in TRAINED else {}
     sampler = setup.cfg.eps_sampler if method == "eps" else None
-    scheduler = setup.scheduler(kind) if setup.cfg.scheduler is not None and method in TRAINED_METHODS else None
-    return restore_measurement(method, net, card, op, y, setup.cfg.sigma_y, cell.task, n_samples=setup.cfg.samples,
-                               nfe=cell.nfe, generator=g, settings=settings, sampler=sampler,
-                               scheduler=scheduler), settings
+    scheduler = setup.scheduler(method) if setup.cfg.scheduler is not None and method in TRAINED else None
+    return setup.model.restore(Measurement(op, y, setup.cfg.sigma_y, cell.task), method=method,
+                               samples=setup.cfg.samples, nfe=cell.nfe, generator=g, settings=settings,
+                               sampler=sampler, scheduler=scheduler), settings
 
 
 def score_cell(setup: Setup, samples: torch.Tensor, net_mean: Optional[torch.Tensor]) -> dict[str, Any]:
@@ -844,7 +837,7 @@ class Cache:
 # --- reports ----------------------------------------------------------------------------
 #: table columns: (record field, header, format, higher is better (None: not ranked))
 COLUMNS = (("psnr", "PSNR", "{:.2f}", True), ("ssim", "SSIM", "{:.3f}", True), ("crps", "CRPS", "{:.4f}", False),
-           ("mmd2", "MMD", "{:.4f}", False), ("fd", "FD", "{:.2f}", False))
+           ("fd", "FD", "{:.2f}", False))
 
 
 def rows_of(setup: Setup, cache: Cache) -> list[dict[str, Any]]:
@@ -909,8 +902,8 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
          + (f" with the step sizes tuned on validation images at NFE 100 ({Path(setup.tuned_path).name}; "
             f"used at every budget)"
             if setup.tuned_path else " with the registry's default settings") + ".", "",
-         "| task | method | NFE | PSNR | SSIM | CRPS | MMD | FD | cov80 (ref) | spread/skill | s / image | cost ratio |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| task | method | NFE | PSNR | SSIM | CRPS | FD | cov80 (ref) | spread/skill | s / image | cost ratio |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
     for task in cfg.tasks:
         group = [r for r in rows if r["task"] == task]
         bests = {f: _best(group, f, hi) for f, _, _, hi in COLUMNS}
@@ -932,11 +925,9 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
           f"- PSNR (dB, data range 2) and SSIM of the posterior-mean estimate: the mean of the {cfg.samples} "
           f"samples (not the network's 1-NFE mean), averaged over images. Higher is better.",
           f"- CRPS: fair ensemble CRPS of the {cfg.samples} samples per pixel, [-1, 1] units. Lower is better.",
-          f"- MMD: unbiased MMD^2 in pixel space between the first sample of every image and the truth images, "
-          f"Gaussian kernel exp(-||a - b||^2 / (2 h^2)), h = {setup.bandwidth:.3f} (median pairwise distance of "
-          f"the truth images, fixed for the run); the U-statistic over the (sample, truth) pairs (Gretton et al. "
-          f"2012, eq. 4: the cross term leaves out each sample's own truth). Lower is better; ~0 (even slightly "
-          f"negative) means indistinguishable at this N.",
+          f"- MMD^2 (pixel space, paired U-statistic, h = {setup.bandwidth:.3f}) is in the JSON records (mmd2), not "
+          f"in this table: at N = 100 its noise floor (+0.0015 for two disjoint sets of real test faces, "
+          f"benchmarks/results/mmd_floor.md) exceeds nearly every method's value, so it ranks nothing here.",
           (f"- FD: Frechet distance between encoder features ({enc}) of the first sample of every image and of "
            f"the truth images; biased upward at small N, compare within this table only. Lower is better."
            if enc else f"- FD: n/a ({setup.encoder_note})."),

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import signal
 import time
@@ -46,7 +45,7 @@ from ..nets.precond import EDMPrecond, as_eps_network
 from ..nets.unet import expand_unet
 from ..posterior import EPSPosteriorDenoiser
 from ..tasks import make_operator, simulate, task_names
-from ..io.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
+from ..io.checkpoint import checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
 from ..io.images import load_images, to_float
 from ..nets.loading import load_model
 from .data import BatchStream
