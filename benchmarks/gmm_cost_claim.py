@@ -268,7 +268,7 @@ def report(prefix: str) -> dict[str, Any]:
                 tolerance=TOL)
     subsets = {f"problems {','.join(map(str, p))}": subset_rows(records, p) for p in ([0, 1, 2], [0])}
     out = Path(prefix)
-    from exactpost.imageio import save_text
+    from exactpost.io.images import save_text
 
     save_text(out.with_name(out.name + ".json"), json.dumps(dict(meta=meta, claim=cl, rows=rows, subsets=subsets), indent=1) + "\n")
     save_text(out.with_name(out.name + ".md"), markdown(rows, cl, dict(meta, _records=records)))

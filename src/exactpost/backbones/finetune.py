@@ -29,7 +29,7 @@
 5. Resuming, as exactpost's own trainer: every ``--checkpoint-every`` steps, at the end and on
    SIGTERM/SIGINT the whole training state (weights, EMA, AdamW, the data order, the noise
    and global generators, the step) is written atomically to ``RUN_DIR/state.safetensors`` +
-   ``state.json`` (:func:`~exactpost.training.checkpoint.save_checkpoint`) and the EMA model is
+   ``state.json`` (:func:`~exactpost.io.checkpoint.save_checkpoint`) and the EMA model is
    exported to ``RUN_DIR/model/``. Rerunning the same command on the same run folder continues
    from the last checkpoint and ends with the same weights as an uninterrupted run (tested bit
    for bit); a rerun that changes what the run learns (objective, tasks, data, batch size,
