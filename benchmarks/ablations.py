@@ -40,13 +40,13 @@ from typing import Any, Optional
 
 import torch
 
-from exactpost import zoo
-from exactpost.demo import task_seed
+from exactpost.inference import zoo
+from exactpost.app.demo import task_seed
 from exactpost.io.images import save_text
-from exactpost.metrics import crps, psnr
-from exactpost.api import restore_measurement
-from exactpost.restoration import Restoration, eps_restore
-from exactpost.tasks import TASKS, TaskSpec, make_operator, simulate
+from exactpost.core.metrics import crps, psnr
+from exactpost.inference.api import restore_measurement
+from exactpost.inference.restoration import Restoration, eps_restore
+from exactpost.core.tasks import TASKS, TaskSpec, make_operator, simulate
 from exactpost.io.images import load_images, to_float
 from exactpost.nets import load_model
 

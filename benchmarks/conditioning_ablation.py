@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from exactpost.metrics import crps, psnr
-from exactpost.restoration import eps_restore, palette_restore
-from exactpost.tasks import make_operator, simulate
+from exactpost.core.metrics import crps, psnr
+from exactpost.inference.restoration import eps_restore, palette_restore
+from exactpost.core.tasks import make_operator, simulate
 from exactpost.io.images import load_images, to_float
 from exactpost.nets import load_model
 from exactpost.training.loop import TrainConfig, evaluate, train

@@ -16,13 +16,13 @@ posterior sample per image:
 
 * ``bare``: unconditional sampling of the prior (``models/<model>/prior`` via
   ``as_denoiser(net, EDM())``): one call at sigma_max from noise, then the ``--eps-sampler``
-  (default :data:`exactpost.sampler_spec.DEFAULT`, DPM-Solver++(2M), one NFE per level) with
+  (default :data:`exactpost.core.sampler_spec.DEFAULT`, DPM-Solver++(2M), one NFE per level) with
   ``nfe - 1`` NFE started from N(that call, sigma_max^2 I) -- the unconditional twin of
   ``eps``, so that both use the same solver and the same network calls;
-* ``eps``: :func:`exactpost.restoration.eps_restore` with ``n_samples=1, nfe=nfe`` and the
+* ``eps``: :func:`exactpost.inference.restoration.eps_restore` with ``n_samples=1, nfe=nfe`` and the
   ``--eps-sampler`` (the 1-NFE posterior mean + an ``nfe - 1``-NFE run on the EPS posterior
   denoiser; includes the conditioning A^T y and every pivot);
-* ``palette``: :func:`exactpost.restoration.palette_restore` with ``n_samples=1`` and
+* ``palette``: :func:`exactpost.inference.restoration.palette_restore` with ``n_samples=1`` and
   ``nfe - 1`` for the sample and its default sampler (EDM Heun, 2 N - 1 NFE, so it may use
   one call fewer);
 * every method of :data:`exactpost.baselines.METHODS` through ``run_method(..., nfe=nfe,
@@ -98,7 +98,7 @@ class Setup:
     sigma_y: float
     tuned: dict
     models: dict  # kind -> {sha256, steps, params} of the loaded checkpoints
-    eps_sampler: str = ""  # sampler spec of eps and bare (exactpost.sampler_spec); "": DEFAULT
+    eps_sampler: str = ""  # sampler spec of eps and bare (exactpost.core.sampler_spec); "": DEFAULT
 
 
 def _freeze(net: torch.nn.Module) -> torch.nn.Module:
@@ -111,9 +111,9 @@ def _freeze(net: torch.nn.Module) -> torch.nn.Module:
 def load_setup(args: argparse.Namespace, methods: Sequence[str]) -> Setup:
     """Load the prior (and the EPS / Palette networks if ``methods`` needs them), the images
     and the measurement."""
-    from exactpost import zoo
-    from exactpost.demo import task_seed
-    from exactpost.tasks import make_operator, simulate
+    from exactpost.inference import zoo
+    from exactpost.app.demo import task_seed
+    from exactpost.core.tasks import make_operator, simulate
     from exactpost.io.images import resize_uint8, to_float, to_nchw_uint8
 
     prior_entry = zoo.find_model(args.model, "prior")
@@ -150,10 +150,10 @@ def load_setup(args: argparse.Namespace, methods: Sequence[str]) -> Setup:
 def make_runner(method: str, s: Setup, nfe: int) -> Callable[[torch.Generator], dict]:
     """A function generator -> {nfe, backward_passes, settings} that runs ``method`` once."""
     from exactpost.baselines import get_method, run_method
-    from exactpost.interpolants import EDM
+    from exactpost.core.interpolants import EDM
     from exactpost.nets.precond import as_denoiser
-    from exactpost.restoration import eps_restore, palette_restore
-    from exactpost.sampler_spec import DEFAULT, parse_spec
+    from exactpost.inference.restoration import eps_restore, palette_restore
+    from exactpost.core.sampler_spec import DEFAULT, parse_spec
 
     shape = tuple(s.x.shape)
     prior = as_denoiser(s.prior_net, EDM())
@@ -339,7 +339,7 @@ def markdown(res: dict) -> str:
         memory = ("Memory: a fresh subprocess per method loads the models and data, runs the method once and reads "
                   "its lifetime ru_maxrss; 'extra' = that peak - the peak of a subprocess that only loads.")
     lines += ["", f"bare / eps: one network call at sigma_max, then the EPS sampler {res['eps_sampler']} "
-              "(exactpost.sampler_spec) with NFE - 1 (eps: the 1-NFE posterior mean and the pivot at every call; "
+              "(exactpost.core.sampler_spec) with NFE - 1 (eps: the 1-NFE posterior mean and the pivot at every call; "
               "bare: the same solver on the prior, unconditionally); palette: its 1-call mean and an EDM Heun "
               "sample (its default). "
               f"Registry methods: run_method(nfe=NFE, task=task) with {tuned}. {memory}", "",
@@ -364,15 +364,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--tuned", default=str(RESULTS / "baseline_tuning.json"),
                     help="tuned settings (benchmarks/tune_baselines.py); '' or a missing file: registry defaults")
     ap.add_argument("--eps-sampler", default=None, metavar="SPEC",
-                    help="sampler of eps and of the bare reference, an exactpost.sampler_spec spec "
-                         "(default: exactpost.sampler_spec.DEFAULT, the measured EPS default)")
+                    help="sampler of eps and of the bare reference, an exactpost.core.sampler_spec spec "
+                         "(default: exactpost.core.sampler_spec.DEFAULT, the measured EPS default)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-method peak-memory subprocesses")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.nfe < 2:
         ap.error("--nfe must be >= 2 (one call at sigma_max plus a sampler run)")
-    from exactpost.sampler_spec import DEFAULT, parse_spec
+    from exactpost.core.sampler_spec import DEFAULT, parse_spec
 
     try:
         args.eps_sampler = parse_spec(args.eps_sampler).name if args.eps_sampler else DEFAULT.name

@@ -48,11 +48,11 @@ import torch
 from exactpost.backbones import DiffusersUNetDenoiser, add_task_embedding, make_scheduler, scheduler_sample
 from exactpost.backbones import widen_conv_in
 from exactpost.backbones.diffusers_unet import import_diffusers, schedule_from_config
-from exactpost.conditioning import build_conditioning, channels, task_embedding_index
-from exactpost.interpolants import EDM
+from exactpost.core.conditioning import build_conditioning, channels, task_embedding_index
+from exactpost.core.interpolants import EDM
 from exactpost.nets import as_eps_network
-from exactpost.posterior import EPSPosteriorDenoiser
-from exactpost.tasks import make_operator, simulate, task_names
+from exactpost.core.posterior import EPSPosteriorDenoiser
+from exactpost.core.tasks import make_operator, simulate, task_names
 
 SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
              "beta_schedule": "linear", "prediction_type": "epsilon", "clip_sample": True}

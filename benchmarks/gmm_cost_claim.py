@@ -3,7 +3,7 @@ which it first comes within 1.3x of the noise floor, or its best ratio and the N
 reaches it.
 
 Methods: EPS with the exact oracle and the default sampler (``eps-oracle[DEFAULT]``,
-:data:`exactpost.sampler_spec.DEFAULT`), the zero-shot baselines DPS, PiGDM, DDNM, DAPS, MPGD
+:data:`exactpost.core.sampler_spec.DEFAULT`), the zero-shot baselines DPS, PiGDM, DDNM, DAPS, MPGD
 (the exact prior denoiser as their network, registry defaults), and, for reference, EPS with
 the legacy EDM Heun sampler. Every cell is a cell of ``exactpost bench gmm``
 (:mod:`exactpost.bench.gmm_bench`: 1000 samples x 3 repeats per problem, SW_2 with 200
@@ -64,7 +64,7 @@ GRADIENT_BASED = ("dps", "pigdm", "mpgd", "daps")
 
 def methods() -> list[tuple[str, str]]:
     """(cache variant, label) of the table rows."""
-    from exactpost.sampler_spec import DEFAULT
+    from exactpost.core.sampler_spec import DEFAULT
 
     return [(f"eps-oracle[{DEFAULT.name}]", f"EPS oracle ({DEFAULT.name})"), ("dps", "DPS"), ("pigdm", "PiGDM"),
             ("ddnm", "DDNM"), ("daps", "DAPS"), ("mpgd", "MPGD"), ("eps-oracle", "EPS oracle (legacy EDM Heun)")]

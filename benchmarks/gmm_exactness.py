@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from exactpost import samplers as S
+from exactpost.core import samplers as S
 from exactpost.bench.gmm_eval import eps_oracle_sw
-from exactpost.gmm import mcgdiff_problem
-from exactpost.interpolants import EDM, RectifiedFlow, VPLinear
+from exactpost.priors.gmm import mcgdiff_problem
+from exactpost.core.interpolants import EDM, RectifiedFlow, VPLinear
 
 MIXTURES = {
     # name: (spacing of the mean grid, sigma_max, sigma_min)

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from exactpost import samplers as S
+from exactpost.core import samplers as S
 from exactpost.bench.gmm_eval import eps_oracle_draw, sw_to_posterior
 from exactpost.bench.gmm_learned import MLPTraining, denoiser_gap, learned_draw, same_operator_problems, train_mlp
-from exactpost.gmm import mcgdiff_measurement, mcgdiff_prior
-from exactpost.interpolants import EDM
+from exactpost.priors.gmm import mcgdiff_measurement, mcgdiff_prior
+from exactpost.core.interpolants import EDM
 
 HEUN_STEPS, SIGMA_MAX, SIGMA_MIN = 20, 80.0, 0.002
 #: the training recipe for both objectives (same budget)

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from exactpost.io.images import load_images, save_text, to_float  # noqa: E402
-from exactpost.metrics import median_bandwidth, mmd2_paired  # noqa: E402
+from exactpost.core.metrics import median_bandwidth, mmd2_paired  # noqa: E402
 
 SCALES = (1.0, 0.5, 0.25)
 

@@ -4,7 +4,7 @@ For each task of the registry, on ``--n`` test images (seed 0, sigma_y 0.05; ope
 noise drawn exactly as ``exactpost demo`` draws them):
 
 - ``lmmse``: the exact linear MMSE estimate under a Gaussian prior N(m, S) fitted to the
-  model's training images (mean and full covariance; ``exactpost.gaussian_prior``);
+  model's training images (mean and full covariance; ``exactpost.priors.gaussian``);
 - ``eps``: the EPS network's 1-NFE posterior mean, and 4 posterior samples at 20 NFE;
 - ``palette``: the Palette network's 4 samples at a budget of 100 NFE (EDM Heun spends 2 N - 1:
   99) and its 1-call mean.
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from exactpost import zoo
-from exactpost.demo import task_seed
+from exactpost.inference import zoo
+from exactpost.app.demo import task_seed
 from exactpost.io.images import save_text
-from exactpost.gaussian_prior import GaussianPrior
-from exactpost.metrics import crps, psnr, ssim
-from exactpost.restoration import eps_restore, palette_restore
-from exactpost.tasks import make_operator, simulate, task_names
+from exactpost.priors.gaussian import GaussianPrior
+from exactpost.core.metrics import crps, psnr, ssim
+from exactpost.inference.restoration import eps_restore, palette_restore
+from exactpost.core.tasks import make_operator, simulate, task_names
 from exactpost.io.images import load_images, to_float
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -40,10 +40,10 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 import exactpost  # noqa: E402
-from exactpost.conditioning import regularized_backprojection  # noqa: E402
+from exactpost.core.conditioning import regularized_backprojection  # noqa: E402
 from exactpost.io.images import save_text  # noqa: E402
-from exactpost.metrics import crps, psnr  # noqa: E402
-from exactpost.tasks import task_names  # noqa: E402
+from exactpost.core.metrics import crps, psnr  # noqa: E402
+from exactpost.core.tasks import task_names  # noqa: E402
 from exactpost.io.images import load_images, to_float  # noqa: E402
 
 

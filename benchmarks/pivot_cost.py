@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from exactpost.interpolants import EDM
+from exactpost.core.interpolants import EDM
 from exactpost.nets import UNet, UNetConfig, count_parameters
-from exactpost.posterior import EPSPosteriorDenoiser
-from exactpost.tasks import make_operator, simulate, task_names
+from exactpost.core.posterior import EPSPosteriorDenoiser
+from exactpost.core.tasks import make_operator, simulate, task_names
 
 BATCH = 16
 

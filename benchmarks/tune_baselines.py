@@ -28,7 +28,7 @@ If the best value of a log-spaced grid lies on its edge, the grid is extended by
 beyond that edge, at most ``--max-extend`` times, so the optimum is bracketed where possible.
 
 Criterion: the mean over the ``--n`` images of the PSNR of one posterior sample per image
-(images in [-1, 1], sample clamped), i.e. :func:`exactpost.metrics.psnr` averaged; a sample
+(images in [-1, 1], sample clamped), i.e. :func:`exactpost.core.metrics.psnr` averaged; a sample
 with NaN/Inf counts as diverged (-inf). Ties go to the value closest (in log) to the reference.
 Every grid point of a (method, task) uses the same measurements and the same sampler seed
 (common random numbers), so the differences come from the setting alone. The SSIM of the
@@ -37,7 +37,7 @@ sample is stored too, but not used. Caveat: one sample's PSNR favours low-varian
 reports, written down here so it is not chosen after the fact.
 
 Measurements: per task, ``make_operator(task, n, (3, 32, 32), generator=g)`` and
-``simulate(op, x, 0.05, generator=g)`` with ``g`` seeded ``exactpost.demo.task_seed(seed, task)``;
+``simulate(op, x, 0.05, generator=g)`` with ``g`` seeded ``exactpost.app.demo.task_seed(seed, task)``;
 the sampler's generator is seeded ``task_seed(seed, task) + 100000`` for every grid point.
 
 For CIFAR-10, whose file has no validation split, tune on the *last* test images, which no
@@ -104,7 +104,7 @@ def reference_value(method: str, task: str) -> float:
 
 def sample_score(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, bool]:
     """(mean PSNR, mean SSIM, finite) of one sample per image; non-finite -> (-inf, -inf, False)."""
-    from exactpost.metrics import psnr, ssim
+    from exactpost.core.metrics import psnr, ssim
 
     if not bool(torch.isfinite(x).all()):
         return -math.inf, -math.inf, False
@@ -123,7 +123,7 @@ def tune_one(method: str, task: str, prior, op, y: torch.Tensor, x: torch.Tensor
              sampler_seed: int, max_extend: int, log=print) -> dict:
     """Run the grid of ``method`` on one task; returns {setting, reference, points, best}."""
     from exactpost.baselines import get_method, run_method
-    from exactpost.interpolants import EDM
+    from exactpost.core.interpolants import EDM
 
     spec = get_method(method)
     name, kind, values = GRIDS[method]
@@ -168,11 +168,11 @@ def tune_one(method: str, task: str, prior, op, y: torch.Tensor, x: torch.Tensor
 
 def run_tuning(args: argparse.Namespace) -> dict:
     """Load the prior and the validation images, tune every (method, task); the result dict."""
-    from exactpost import zoo
-    from exactpost.demo import task_seed
-    from exactpost.interpolants import EDM
+    from exactpost.inference import zoo
+    from exactpost.app.demo import task_seed
+    from exactpost.core.interpolants import EDM
     from exactpost.nets.precond import as_denoiser
-    from exactpost.tasks import make_operator, simulate, task_names
+    from exactpost.core.tasks import make_operator, simulate, task_names
     from exactpost.io.images import load_images, to_float
 
     entry = zoo.find_model(args.model, "prior")

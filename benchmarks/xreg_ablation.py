@@ -44,10 +44,10 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from exactpost.io.images import save_text  # noqa: E402
-from exactpost.conditioning import SIGMA_DATA  # noqa: E402
-from exactpost.metrics import crps, psnr  # noqa: E402
-from exactpost.restoration import eps_restore  # noqa: E402
-from exactpost.tasks import make_operator, simulate, task_names  # noqa: E402
+from exactpost.core.conditioning import SIGMA_DATA  # noqa: E402
+from exactpost.core.metrics import crps, psnr  # noqa: E402
+from exactpost.inference.restoration import eps_restore  # noqa: E402
+from exactpost.core.tasks import make_operator, simulate, task_names  # noqa: E402
 from exactpost.io.images import load_images, to_float  # noqa: E402
 from exactpost.nets import load_model  # noqa: E402
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from exactpost.io.images import save_text
 from exactpost.nets import load_model
-from exactpost.zoo import KINDS, models_dir
+from exactpost.inference.zoo import KINDS, models_dir
 
 
 def bundle(run_dir: Path, name: str, kind: str, note: str = "") -> Path:

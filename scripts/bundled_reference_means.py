@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import torch
 
-from exactpost.restoration import eps_restore, palette_restore
-from exactpost.tasks import make_operator, simulate, task_names
+from exactpost.inference.restoration import eps_restore, palette_restore
+from exactpost.core.tasks import make_operator, simulate, task_names
 from exactpost.nets import load_model
 
 FAMILIES = ("faces-32", "cifar10-32")

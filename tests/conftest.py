@@ -35,7 +35,7 @@ def tiny_root(tmp_path_factory):
 @pytest.fixture
 def models_env(tiny_root, monkeypatch):
     """``tiny_root`` made the model zoo's folder (``EXACTPOST_MODELS``) for one test."""
-    from exactpost import zoo
+    from exactpost.inference import zoo
 
     monkeypatch.setenv(zoo.ENV_VAR, str(tiny_root))
     return tiny_root

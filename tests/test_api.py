@@ -8,14 +8,14 @@ import pytest
 import torch
 
 import exactpost
-import exactpost.api
-from exactpost.restoration import eps_restore
-from exactpost.tasks import make_operator, simulate
+import exactpost.inference.api
+from exactpost.inference.restoration import eps_restore
+from exactpost.core.tasks import make_operator, simulate
 from exactpost.nets import load_model
 
 
 def test_the_api_doctests_run():
-    result = doctest.testmod(exactpost.api)
+    result = doctest.testmod(exactpost.inference.api)
     assert result.attempted >= 5 and result.failed == 0
 
 

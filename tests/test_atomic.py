@@ -1,4 +1,4 @@
-"""exactpost.atomic: atomic writes leave ordinary permissions (0o666 minus the umask), not
+"""exactpost.io.atomic: atomic writes leave ordinary permissions (0o666 minus the umask), not
 mkstemp's private 0o600, for tables, PNGs and checkpoints alike; a failed write keeps the old file."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import stat
 import pytest
 import torch
 
-from exactpost.atomic import write_atomic
+from exactpost.io.atomic import write_atomic
 from exactpost.io.checkpoint import checkpoint_paths, save_checkpoint
 
 

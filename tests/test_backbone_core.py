@@ -147,9 +147,9 @@ def test_core_imports_without_diffusers_and_loading_says_how_to_install(tmp_path
                                                                       "beta_schedule": "linear"}))
     code = BLOCKER + textwrap.dedent(f"""
         import importlib
-        for m in ["exactpost", "exactpost.cli", "exactpost.posterior", "exactpost.samplers", "exactpost.restoration",
-                  "exactpost.restore", "exactpost.zoo", "exactpost.training.loop", "exactpost.baselines",
-                  "exactpost.bench.images_bench", "exactpost.demo", "exactpost.backbones",
+        for m in ["exactpost", "exactpost.app.cli", "exactpost.core.posterior", "exactpost.core.samplers", "exactpost.inference.restoration",
+                  "exactpost.app.restore", "exactpost.inference.zoo", "exactpost.training.loop", "exactpost.baselines",
+                  "exactpost.bench.images_bench", "exactpost.app.demo", "exactpost.backbones",
                   "exactpost.backbones.finetune"]:
             importlib.import_module(m)
         assert "diffusers" not in sys.modules and not ATTEMPTS, ATTEMPTS  # not even tried

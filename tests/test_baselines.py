@@ -24,11 +24,11 @@ import statistics
 import pytest
 import torch
 
-from exactpost import samplers as S
+from exactpost.core import samplers as S
 from exactpost.baselines import METHODS, get_method, run_method
 from exactpost.bench.gmm_eval import sw_to_posterior
-from exactpost.gmm import GaussianMixture, GMMProblem, mcgdiff_prior, mcgdiff_problem
-from exactpost.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear, get_interpolant
+from exactpost.priors.gmm import GaussianMixture, GMMProblem, mcgdiff_prior, mcgdiff_problem
+from exactpost.core.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear, get_interpolant
 from exactpost.operators import DenseOperator, FunctionOperator, Inpainting, random_mask
 
 INTERPOLANTS = ["edm", "vp-linear", "vp-cosine", "flow"]
@@ -262,9 +262,9 @@ def test_inputs_are_checked():
 
 @pytest.mark.parametrize("task", ["inpaint-random", "inpaint-box", "sr4", "deblur-gauss", "deblur-motion"])
 def test_every_method_runs_on_the_task_registry_operators(task):
-    """Image-shaped operators of exactpost.tasks (per-sample masks and motion kernels), a mixture
+    """Image-shaped operators of exactpost.core.tasks (per-sample masks and motion kernels), a mixture
     prior on 1x8x8 images, per-sample sigma_y: finite samples of the right shape."""
-    from exactpost.tasks import make_operator, simulate
+    from exactpost.core.tasks import make_operator, simulate
 
     g = torch.Generator().manual_seed(0)
     B, shape = 4, (1, 8, 8)

@@ -22,8 +22,8 @@ import math
 import torch
 
 from exactpost.baselines import run_method, sigma_grid
-from exactpost.gmm import mcgdiff_problem
-from exactpost.interpolants import VPLinear
+from exactpost.priors.gmm import mcgdiff_problem
+from exactpost.core.interpolants import VPLinear
 from exactpost.operators import DenseOperator
 
 VP = VPLinear()

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from exactpost import zoo
+from exactpost.inference import zoo
 from exactpost.baselines import run_method
-from exactpost.interpolants import EDM
+from exactpost.core.interpolants import EDM
 from exactpost.nets.precond import as_denoiser
-from exactpost.tasks import make_operator, simulate
+from exactpost.core.tasks import make_operator, simulate
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -162,7 +162,7 @@ def test_collect_results_orders_tables_and_links_plots(tmp_path):
 
 
 def test_ablations_run_every_part_and_report_measured_numbers(models_env, tmp_path):
-    from exactpost.restoration import eps_restore
+    from exactpost.inference.restoration import eps_restore
 
     ab = _load("ablations")
     data = _tiny_npz(tmp_path / "d.npz")
@@ -199,7 +199,7 @@ def test_gmm_cost_claim_ratios_use_the_same_problems_and_claims_only_the_full_pr
     the problems measured at that budget; the first budget within 1.3x is read on full-protocol
     budgets only (a lucky 1-problem budget is reported apart, not claimed)."""
     gc = _load("gmm_cost_claim")
-    from exactpost.sampler_spec import DEFAULT
+    from exactpost.core.sampler_spec import DEFAULT
 
     recs = {}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exactpost import zoo
+from exactpost.inference import zoo
 
 ROOT = Path(__file__).resolve().parents[1] / "models"
 ENTRIES = zoo.list_models(ROOT)
@@ -43,7 +43,7 @@ def test_card_is_complete_and_weights_load(entry):
 
 
 def test_bundled_demo_runs_on_one_task(tmp_path, monkeypatch):
-    from exactpost.demo import run_demo
+    from exactpost.app.demo import run_demo
 
     monkeypatch.setenv(zoo.ENV_VAR, str(ROOT))
     res = run_demo("faces-32", tasks=["inpaint-box"], n_images=2, n_samples=2, nfe=4, out=tmp_path / "d",
@@ -55,7 +55,7 @@ def test_bundled_demo_runs_on_one_task(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", zoo.model_names(ROOT))
 def test_each_family_ships_a_feature_encoder_better_than_chance(name):
-    from exactpost.encoder import find_encoder
+    from exactpost.inference.zoo import find_encoder
 
     enc = find_encoder(ROOT / name / "encoder")
     assert enc is not None, f"models/{name} has no encoder (exactpost train-encoder)"

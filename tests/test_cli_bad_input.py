@@ -5,7 +5,7 @@ file, no changed file). Also: the top-level handler's other paths (a bug shows i
 and exit code 1; ``--debug`` / ``EXACTPOST_DEBUG`` show tracebacks of expected errors), and
 every option of every subcommand has a help text that says what it is.
 
-Runs in-process through :func:`exactpost.cli.main` (what ``python -m exactpost.cli`` runs
+Runs in-process through :func:`exactpost.app.cli.main` (what ``python -m exactpost.app.cli`` runs
 under ``sys.exit``) on a tiny model folder and tiny files; two rows also run as real
 processes to check the exit status and stderr of the command itself.
 """
@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 import exactpost
-from exactpost import cli, zoo
+from exactpost.app import cli
+from exactpost.inference import zoo
 from exactpost.training.loop import TrainConfig
 from fs_helpers import snapshot
 from zoo_helpers import make_tiny_models, write_restore_inputs
@@ -230,7 +231,7 @@ def test_a_real_process_exits_2_with_one_line(env, argv, words):
     environ = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
     environ["PYTHONPATH"] = SRC + (os.pathsep + environ["PYTHONPATH"] if environ.get("PYTHONPATH") else "")
     before = snapshot(env)
-    res = subprocess.run([sys.executable, "-m", "exactpost.cli", *argv], cwd=env, env=environ, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "exactpost.app.cli", *argv], cwd=env, env=environ, capture_output=True,
                          text=True, timeout=300)
     one_line_error(res.returncode, res.stderr, words)
     assert snapshot(env) == before
@@ -341,7 +342,7 @@ def test_help_exits_0_and_prints_defaults(capsys):
 def test_restore_help_names_every_method(capsys):
     """`exactpost restore --help` lists every method by name, generated from the registries:
     a newly registered baseline shows up without editing the help."""
-    from exactpost.api import methods
+    from exactpost.inference.api import methods
 
     assert cli.main(["restore", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())

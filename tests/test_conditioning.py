@@ -1,4 +1,4 @@
-"""The one conditioning path (exactpost.conditioning): x_reg against a dense float64 solve for
+"""The one conditioning path (exactpost.core.conditioning): x_reg against a dense float64 solve for
 every operator family, the documented channel layouts, kinds that extend others, operators
 that differ only in the kernel giving different inputs, and task-embedding ids that training
 and inference cannot disagree on."""
@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exactpost import conditioning as C
+from exactpost.core import conditioning as C
 from exactpost.operators import FFTBlur, motion_kernel
-from exactpost.tasks import make_operator, simulate, task_names
+from exactpost.core.tasks import make_operator, simulate, task_names
 from test_operators import ALL, _pinv_rtol, batch_of, build, dense_batched
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exactpost import zoo
-from exactpost.cli import main
+from exactpost.inference import zoo
+from exactpost.app.cli import main
 from exactpost.io.images import LABEL_HEIGHT
-from exactpost.tasks import task_names
+from exactpost.core.tasks import task_names
 from zoo_helpers import make_tiny_models
 
 
@@ -46,10 +46,10 @@ def test_demo_nfe_counts_the_shared_mean(models_env, tmp_path):
     per sample; the legacy EDM Heun never spends more than asked (2 N - 1)."""
     import torch
 
-    from exactpost.demo import run_demo
-    from exactpost.restoration import eps_restore
-    from exactpost.sampler_spec import DEFAULT
-    from exactpost.tasks import make_operator, simulate
+    from exactpost.app.demo import run_demo
+    from exactpost.inference.restoration import eps_restore
+    from exactpost.core.sampler_spec import DEFAULT
+    from exactpost.core.tasks import make_operator, simulate
 
     res = run_demo("tiny-32", tasks=["sr4"], n_images=1, n_samples=2, nfe=20, out=tmp_path / "d", progress=False)
     assert res["tasks"][0]["nfe_sample"] == 20
@@ -74,7 +74,7 @@ def test_demo_sampler_option_is_used_and_written_down(models_env, tmp_path, caps
 
 
 def test_demo_is_reproducible_and_tasks_are_independent(models_env, tmp_path):
-    from exactpost.demo import run_demo
+    from exactpost.app.demo import run_demo
 
     a = run_demo("tiny-32", n_images=2, n_samples=2, nfe=3, seed=5, out=tmp_path / "a", progress=False)
     b = run_demo("tiny-32", tasks=["deblur-gauss"], n_images=2, n_samples=2, nfe=3, seed=5, out=tmp_path / "b",
@@ -131,8 +131,8 @@ def test_find_model_messages(models_env, tmp_path):
 def test_eps_restore_refuses_a_palette_card(models_env):
     import torch
 
-    from exactpost.restoration import eps_restore, palette_restore
-    from exactpost.tasks import make_operator, simulate
+    from exactpost.inference.restoration import eps_restore, palette_restore
+    from exactpost.core.tasks import make_operator, simulate
 
     pal = zoo.find_model("tiny-32", "palette")
     x0 = torch.zeros(1, 3, 32, 32)
@@ -150,8 +150,8 @@ def test_eps_restore_refuses_a_palette_card(models_env):
 def test_eps_warm_start_begins_at_the_mean_with_sigma_start_noise(models_env):
     import torch
 
-    from exactpost.restoration import eps_restore
-    from exactpost.tasks import make_operator, simulate
+    from exactpost.inference.restoration import eps_restore
+    from exactpost.core.tasks import make_operator, simulate
 
     eps = zoo.find_model("tiny-32", "eps")
     net = zoo.load(eps)

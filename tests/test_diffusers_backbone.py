@@ -15,13 +15,13 @@ import torch
 pytest.importorskip("diffusers")
 
 from backbone_helpers import SCHEDULER, save_flat, save_pipeline, tiny_unet  # noqa: E402
-from exactpost import samplers as S  # noqa: E402
+from exactpost.core import samplers as S  # noqa: E402
 from exactpost.backbones import BackboneError, DiffusersUNetDenoiser, VPSchedule, load_backbone  # noqa: E402
 from exactpost.baselines import METHODS, run_method  # noqa: E402
-from exactpost.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear  # noqa: E402
+from exactpost.core.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear  # noqa: E402
 from exactpost.nets import as_denoiser, as_eps_network  # noqa: E402
 from exactpost.operators import Inpainting, random_mask  # noqa: E402
-from exactpost.posterior import EPSPosteriorDenoiser, ZeroShotPivotDenoiser  # noqa: E402
+from exactpost.core.posterior import EPSPosteriorDenoiser, ZeroShotPivotDenoiser  # noqa: E402
 
 
 def linear_schedule() -> VPSchedule:

@@ -24,9 +24,9 @@ from backbone_helpers import SCHEDULER, save_flat, tiny_unet  # noqa: E402
 from exactpost.backbones import add_task_embedding, load_backbone, widen_conv_in  # noqa: E402
 from exactpost.backbones.diffusers_unet import DiffusersUNetDenoiser, file_sha256  # noqa: E402
 from exactpost.backbones.finetune import grow_for, loss_on_batch  # noqa: E402
-from exactpost.cli import main  # noqa: E402
-from exactpost.conditioning import channels  # noqa: E402
-from exactpost.tasks import task_names  # noqa: E402
+from exactpost.app.cli import main  # noqa: E402
+from exactpost.core.conditioning import channels  # noqa: E402
+from exactpost.core.tasks import task_names  # noqa: E402
 from exactpost.training.objectives import Batch, Objective  # noqa: E402
 
 

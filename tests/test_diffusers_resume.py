@@ -27,7 +27,7 @@ pytest.importorskip("diffusers")
 
 from backbone_helpers import save_flat, tiny_unet  # noqa: E402
 from exactpost.backbones import finetune as ft  # noqa: E402
-from exactpost.cli import main  # noqa: E402
+from exactpost.app.cli import main  # noqa: E402
 from exactpost.io.checkpoint import load_checkpoint  # noqa: E402
 
 

@@ -24,8 +24,8 @@ from backbone_helpers import save_flat, tiny_unet  # noqa: E402
 from exactpost.backbones import load_backbone  # noqa: E402
 from exactpost.backbones.scheduler_restore import (SCHEDULER_NAMES, check_scheduler_name, load_scheduler,  # noqa: E402
                                                    scheduler_restore)
-from exactpost.cli import main  # noqa: E402
-from exactpost.tasks import make_operator, simulate  # noqa: E402
+from exactpost.app.cli import main  # noqa: E402
+from exactpost.core.tasks import make_operator, simulate  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ outputs / checkpoint exactly as they were and no temporary file; the interrupted
 run then resumes to the weights of an uninterrupted one, bit for bit.
 
 The full disk is simulated at the one place every atomic write goes through
-(:func:`exactpost.atomic._open_for_writing`): the file being written gets the bytes that
+(:func:`exactpost.io.atomic._open_for_writing`): the file being written gets the bytes that
 still fit, then ``OSError(ENOSPC)``, and so does every later write. Where this process may
 mount a file system (root in a container), one test also fills a real 128 kB tmpfs.
 """
@@ -23,7 +23,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from exactpost import atomic, cli, zoo
+from exactpost.io import atomic
+from exactpost.app import cli
+from exactpost.inference import zoo
 from exactpost.io.checkpoint import load_checkpoint
 from fs_helpers import snapshot
 from zoo_helpers import make_tiny_models

@@ -1,4 +1,5 @@
-"""The feature encoder behind the encoder Frechet distance (exactpost.encoder)."""
+"""The feature encoder behind the encoder Frechet distance: exactpost.nets.encoder (architecture,
+loading), exactpost.training.encoder (training), exactpost.inference.zoo.find_encoder."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from exactpost import encoder as enc
+from exactpost.inference import zoo
+from exactpost.training import encoder as enc
 from exactpost.io.checkpoint import CheckpointError, save_checkpoint
 
 SMALL = dict(channels=(4, 8, 8), batch_size=16, lr=1e-2, warmup=2, progress=False)
@@ -68,10 +70,10 @@ def test_find_and_load_encoder(tmp_path, monkeypatch):
     imgs, labels = _two_class_images(32, 3)
     enc.train_encoder(imgs, labels, tmp_path / "fam" / "encoder", steps=3, **SMALL)
     monkeypatch.setenv("EXACTPOST_MODELS", str(tmp_path))
-    found = enc.find_encoder("fam")
+    found = zoo.find_encoder("fam")
     assert isinstance(found, enc.Encoder) and found.feature_dim == 8
-    assert enc.find_encoder(tmp_path / "fam" / "encoder") is not None
-    assert enc.find_encoder("no-such-family") is None
+    assert zoo.find_encoder(tmp_path / "fam" / "encoder") is not None
+    assert zoo.find_encoder("no-such-family") is None
     save_checkpoint(tmp_path / "other", {"w": torch.zeros(2)}, {"kind": "prior"})
     with pytest.raises(CheckpointError, match="not an exactpost encoder"):
         enc.load_encoder(tmp_path / "other")
@@ -86,7 +88,7 @@ def test_bad_labels_are_refused(tmp_path):
 
 
 def test_train_encoder_command_and_its_input_errors(tmp_path, capsys):
-    from exactpost.cli import main
+    from exactpost.app.cli import main
 
     imgs, labels = _two_class_images(40, 5)
     data = tmp_path / "d.npz"

@@ -13,13 +13,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exactpost import samplers as S
+from exactpost.core import samplers as S
 from exactpost.bench.gmm_eval import eps_oracle_spec_draw, eps_oracle_sw, sw_to_posterior
-from exactpost.gmm import GMMEPSOracle, mcgdiff_prior, mcgdiff_problem
-from exactpost.interpolants import EDM, RectifiedFlow, VPLinear
+from exactpost.priors.gmm import GMMEPSOracle, mcgdiff_prior, mcgdiff_problem
+from exactpost.core.interpolants import EDM, RectifiedFlow, VPLinear
 from exactpost.operators import Inpainting, random_mask
-from exactpost.posterior import EPSPosteriorDenoiser
-from exactpost.sampler_spec import DEFAULT
+from exactpost.core.posterior import EPSPosteriorDenoiser
+from exactpost.core.sampler_spec import DEFAULT
 
 TOL = 1.3  # SW to the exact posterior at most 1.3x the noise floor
 
@@ -45,7 +45,7 @@ def test_distance_falls_with_nfe():
 
 @pytest.mark.parametrize("dy", [1, 2, 4])
 def test_default_sampler_reaches_the_floor_at_20_nfe(dy):
-    """Issue 21: the default EPS sampler (exactpost.sampler_spec.DEFAULT) with the exact
+    """Issue 21: the default EPS sampler (exactpost.core.sampler_spec.DEFAULT) with the exact
     oracle on the benchmark mixture, d = 8, is within 1.3x the noise floor at 20 NFE (the
     1-NFE mean + 19), on problems other than the bench's."""
     pbs = problems(8, dy)

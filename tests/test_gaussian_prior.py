@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exactpost.gaussian_prior import GaussianPrior, dense_lmmse
-from exactpost.tasks import make_operator, simulate, task_names
+from exactpost.priors.gaussian import GaussianPrior, dense_lmmse
+from exactpost.core.tasks import make_operator, simulate, task_names
 
 
 def correlated_images(n: int, shape, seed: int) -> torch.Tensor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exactpost.gmm import GaussianMixture, GMMEPSOracle, mcgdiff_prior, mcgdiff_problem
+from exactpost.priors.gmm import GaussianMixture, GMMEPSOracle, mcgdiff_prior, mcgdiff_problem
 from exactpost.operators import DenseOperator, Inpainting, random_mask
-from exactpost.interpolants import VPLinear
+from exactpost.core.interpolants import VPLinear
 
 
 def random_mixture(d: int, K: int, g: torch.Generator) -> GaussianMixture:

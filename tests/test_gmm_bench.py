@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from exactpost.bench import gmm_bench as gb
-from exactpost.gmm import mcgdiff_problem
-from exactpost.metrics import interval_coverage, sliced_wasserstein
+from exactpost.priors.gmm import mcgdiff_problem
+from exactpost.core.metrics import interval_coverage, sliced_wasserstein
 
 TINY = ["--dims", "8", "--dys", "1", "--problems", "2", "--samples", "200", "--repeats", "3", "--nfe", "5",
         "--methods", "eps-oracle,ddnm", "--eps-sampler", "legacy", "--projections", "50", "--threads", "1",
@@ -239,7 +239,7 @@ def test_learned_eps_runs_for_d_8_only_among_8_and_10(tmp_path, capsys):
 
 
 def test_cli_wires_bench_gmm(tmp_path, capsys):
-    from exactpost.cli import main
+    from exactpost.app.cli import main
 
     assert main(["bench", "gmm", "--dims", "7", "--out", str(tmp_path / "g"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from exactpost import zoo
+from exactpost.inference import zoo
 from exactpost.bench import images_bench as ib
-from exactpost.cli import build_parser, main
-from exactpost.demo import task_seed
-from exactpost.metrics import crps, frechet_distance, mmd2, mmd2_paired, psnr
-from exactpost.api import methods as method_names
-from exactpost.api import restore_measurement
-from exactpost.tasks import make_operator, simulate
+from exactpost.app.cli import build_parser, main
+from exactpost.app.demo import task_seed
+from exactpost.core.metrics import crps, frechet_distance, mmd2, mmd2_paired, psnr
+from exactpost.inference.api import methods as method_names
+from exactpost.inference.api import restore_measurement
+from exactpost.core.tasks import make_operator, simulate
 from exactpost.io.images import to_float
 
 BASE = ["bench", "images", "--model", "tiny-32", "--data", "demo", "--images", "3", "--samples", "2", "--batch", "2",
@@ -363,27 +363,27 @@ class FakeEncoder:
 
 
 def test_fd_with_a_fake_encoder_and_refreshed_from_the_cache(models_env, tmp_path, calls, monkeypatch):
-    import exactpost.encoder
+    import exactpost.nets.encoder
 
     prefix = tmp_path / "fd"
     args = ("--tasks", "sr4", "--methods", "eps,ddnm", "--nfe", "3")
     # first without any encoder module: FD is n/a
-    monkeypatch.setitem(sys.modules, "exactpost.encoder", None)
+    monkeypatch.setitem(sys.modules, "exactpost.nets.encoder", None)
     assert _run(prefix, *args) == 0
     assert all(r["fd"] is None for r in _cells(prefix).values())
     assert "FD: n/a (no encoder module" in (tmp_path / "fd.md").read_text()
     n_calls = len(calls)
 
     # then with an encoder: FD of the cached cells is computed from their first samples, nothing is re-run
-    monkeypatch.setitem(sys.modules, "exactpost.encoder", exactpost.encoder)
-    monkeypatch.setattr(exactpost.encoder, "find_encoder", lambda family: FakeEncoder())
+    monkeypatch.setitem(sys.modules, "exactpost.nets.encoder", exactpost.nets.encoder)
+    monkeypatch.setattr(exactpost.inference.zoo, "find_encoder", lambda family: FakeEncoder())
     seen = []
 
     def recording_fd(a, b):
         seen.append((a.shape, b.shape))
         return frechet_distance(a, b)
 
-    monkeypatch.setattr("exactpost.metrics.frechet_distance", recording_fd)
+    monkeypatch.setattr("exactpost.core.metrics.frechet_distance", recording_fd)
     assert _run(prefix, *args) == 0
     assert len(calls) == n_calls and len(seen) == 2 and seen[0] == ((3, 10), (3, 10))
     cells = _cells(prefix)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from exactpost.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear, get_interpolant
+from exactpost.core.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear, get_interpolant
 
 ALL = [EDM(), VPLinear(), VPCosine(), RectifiedFlow()]
 TIMES = {

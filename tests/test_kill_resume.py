@@ -64,7 +64,7 @@ def command(data: Path, run: Path) -> list[str]:
             "--no-progress", "--run-dir", str(run)]
     if "precision" in TrainConfig.__dataclass_fields__:
         args[-3:-3] = ["--precision", "fp32"]
-    return [sys.executable, "-m", "exactpost.cli", *args]
+    return [sys.executable, "-m", "exactpost.app.cli", *args]
 
 
 def environment(slow_disk: Path | None = None) -> dict:

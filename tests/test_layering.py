@@ -23,21 +23,17 @@ PACKAGE = Path(exactpost.__file__).resolve().parent
 
 #: module (dotted, relative to ``exactpost``) or package prefix -> layer; longest match wins.
 LAYER_OF = {
-    "__init__": "api", "api": "inference",
-    "atomic": "io", "io": "io",
-    "interpolants": "core", "operators": "core", "tasks": "core", "posterior": "core", "samplers": "core",
-    "schedules": "core", "sampler_spec": "core", "conditioning": "core", "gmm": "core", "gaussian_prior": "core",
-    "metrics": "core", "memory": "core", "batching": "core",
-    "nets": "nets", "backbones": "nets", "backbones.finetune": "training", "backbones.scheduler_sampling": "inference",
-    "backbones.scheduler_restore": "inference",
+    "__init__": "api",
+    "io": "io",
+    "core": "core", "operators": "core", "priors": "core",
+    "nets": "nets", "backbones": "nets",
+    "backbones.finetune": "training",
+    "backbones.scheduler_sampling": "inference", "backbones.scheduler_restore": "inference",
     "backbones.__init__": "inference",  # the package's facade re-exports scheduler_sampling
-    # the feature encoder's architecture, its training and its command in one module (to split)
-    "encoder": "app",
-    "restoration": "inference", "baselines": "inference", "baselines_restore": "inference", "zoo": "inference",
+    "inference": "inference", "baselines": "inference",
     "training": "training",
     "bench": "bench",
-    "cli": "app", "demo": "app", "restore": "app", "restore_inputs": "app", "visualize": "app", "argtypes": "app",
-    "output_paths": "app",
+    "app": "app",
 }
 
 #: layer -> the layers it may import from
@@ -52,7 +48,7 @@ ALLOWED = {
     "app": {"io", "core", "nets", "inference", "training", "bench", "app", "api"},
 }
 #: (importing layer, imported module prefix) pairs refused even where the layers allow them
-FORBIDDEN = {("nets", "posterior")}
+FORBIDDEN = {("nets", "core.posterior")}
 
 
 def layer_of(module: str) -> str:
@@ -133,12 +129,13 @@ def test_every_module_has_a_layer_and_respects_it():
 
 
 @pytest.mark.parametrize("module, source, needle", [
-    ("restoration", "from .training.loop import train\n", "imports exactpost.training.loop (training)"),
-    ("posterior", "def f():\n    from .training import objectives\n", "imports exactpost.training.objectives"),
-    ("baselines.dps", "from ..cli import main\n", "imports exactpost.cli (app)"),
-    ("samplers", "import exactpost.demo\n", "imports exactpost.demo (app)"),
-    ("nets.precond", "from ..posterior import EPSPosteriorDenoiser\n", "imports exactpost.posterior (core)"),
-    ("training.loop", "from ..restoration import eps_restore\n", "imports exactpost.restoration (inference)"),
+    ("inference.restoration", "from ..training.loop import train\n", "imports exactpost.training.loop (training)"),
+    ("core.posterior", "def f():\n    from ..training import objectives\n", "imports exactpost.training.objectives"),
+    ("baselines.dps", "from ..app.cli import main\n", "imports exactpost.app.cli (app)"),
+    ("core.samplers", "import exactpost.app.demo\n", "imports exactpost.app.demo (app)"),
+    ("nets.precond", "from ..core.posterior import EPSPosteriorDenoiser\n", "imports exactpost.core.posterior (core)"),
+    ("training.loop", "from ..inference.restoration import eps_restore\n",
+     "imports exactpost.inference.restoration (inference)"),
 ])
 def test_a_violating_import_is_caught(module, source, needle):
     found = violations(source, module)
@@ -146,6 +143,6 @@ def test_a_violating_import_is_caught(module, source, needle):
 
 
 def test_allowed_imports_pass():
-    assert violations("from ..interpolants import EDM\nfrom .unet import UNet\n", "nets.precond") == []
-    assert violations("from . import zoo\nfrom .nets import load_model\n", "api") == []
+    assert violations("from ..core.interpolants import EDM\nfrom .unet import UNet\n", "nets.precond") == []
+    assert violations("from . import zoo\nfrom ..nets import load_model\n", "inference.api") == []
     assert violations("from .. import __version__\n", "io.checkpoint") == []

@@ -17,7 +17,7 @@ import torch
 
 from exactpost.bench.gmm_eval import sw_to_posterior
 from exactpost.bench.gmm_learned import MLPTraining, learned_draw, same_operator_problems, train_mlp
-from exactpost.gmm import mcgdiff_measurement, mcgdiff_prior
+from exactpost.priors.gmm import mcgdiff_measurement, mcgdiff_prior
 
 
 def test_eps_mlp_beats_zero_shot_prior_mlp():

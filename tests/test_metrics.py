@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from exactpost.metrics import crps, psnr, ssim
+from exactpost.core.metrics import crps, psnr, ssim
 
 
 # --------------------------------------------------------------------------- PSNR
@@ -219,7 +219,7 @@ def test_mmd2_matches_the_closed_form_for_two_gaussians():
     """For N(m1, s^2 I) and N(m2, s^2 I) in d dims and bandwidth h,
     MMD^2 = 2 c (1 - exp(-|m1 - m2|^2 / (2 (h^2 + 2 s^2)))), c = (h^2 / (h^2 + 2 s^2))^(d/2).
     The estimator is unbiased: the mean over 20 draws is within 4 standard errors."""
-    from exactpost.metrics import mmd2
+    from exactpost.core.metrics import mmd2
 
     d, s, h = 3, 1.0, 2.0
     shift = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
@@ -236,7 +236,7 @@ def test_mmd2_matches_the_closed_form_for_two_gaussians():
 
 
 def test_mmd2_by_hand_and_median_bandwidth():
-    from exactpost.metrics import median_bandwidth, mmd2
+    from exactpost.core.metrics import median_bandwidth, mmd2
 
     x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     y = torch.tensor([[3.0], [5.0]], dtype=torch.float64)
@@ -250,7 +250,7 @@ def test_mmd2_by_hand_and_median_bandwidth():
 
 
 def test_interval_coverage_is_calibrated_for_the_true_distribution():
-    from exactpost.metrics import interval_coverage
+    from exactpost.core.metrics import interval_coverage
 
     g = torch.Generator().manual_seed(0)
     samples = torch.randn(2000, 50, 20, generator=g, dtype=torch.float64)  # M = 2000 per coordinate
@@ -266,7 +266,7 @@ def test_interval_coverage_is_calibrated_for_the_true_distribution():
 
 # --- Frechet distance ----------------------------------------------------------------------
 
-from exactpost.metrics import frechet_distance, gaussian_frechet  # noqa: E402
+from exactpost.core.metrics import frechet_distance, gaussian_frechet  # noqa: E402
 
 
 def _spd(d: int, seed: int) -> np.ndarray:
@@ -318,7 +318,7 @@ def test_frechet_distance_rejects_mismatched_features():
 # --- calibration: rank interval coverage and spread/skill --------------------------------------
 
 def test_central_ranks_pick_the_closest_symmetric_interval():
-    from exactpost.metrics import central_ranks, exchangeable_coverage
+    from exactpost.core.metrics import central_ranks, exchangeable_coverage
 
     assert central_ranks(4, 0.8) == (1, 4)
     assert central_ranks(8, 0.8) == (1, 8)
@@ -342,7 +342,7 @@ def test_central_ranks_pick_the_closest_symmetric_interval():
 @pytest.mark.parametrize("m", [4, 8, 16])
 @pytest.mark.parametrize("dist", ["normal", "exponential"])
 def test_rank_interval_coverage_of_exchangeable_draws_matches_the_exact_reference(m, dist):
-    from exactpost.metrics import exchangeable_coverage, rank_interval_coverage
+    from exactpost.core.metrics import exchangeable_coverage, rank_interval_coverage
 
     g = torch.Generator().manual_seed(m)
     n = 200_000  # coordinates, each with its own M + 1 i.i.d. draws (the last one is the truth)
@@ -360,7 +360,7 @@ def test_rank_interval_coverage_of_exchangeable_draws_matches_the_exact_referenc
 
 
 def test_rank_interval_coverage_is_closed_and_rejects_bad_shapes():
-    from exactpost.metrics import rank_interval_coverage
+    from exactpost.core.metrics import rank_interval_coverage
 
     samples = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])  # M = 4 -> [min, max]
     assert rank_interval_coverage(samples, torch.tensor([0.0, 3.0]), 0.8) == 1.0
@@ -370,7 +370,7 @@ def test_rank_interval_coverage_is_closed_and_rejects_bad_shapes():
 
 
 def test_spread_skill_by_hand_and_calibrated_for_exchangeable_draws():
-    from exactpost.metrics import spread_skill
+    from exactpost.core.metrics import spread_skill
 
     # one coordinate, M = 2 samples 0 and 2 (mean 1, s^2 = 2), truth 4: spread sqrt(3/2 * 2), skill 3
     out = spread_skill(torch.tensor([[0.0], [2.0]]), torch.tensor([4.0]))

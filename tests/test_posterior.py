@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exactpost.gmm import GaussianMixture, GMMEPSOracle
-from exactpost.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear
+from exactpost.priors.gmm import GaussianMixture, GMMEPSOracle
+from exactpost.core.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear
 from exactpost.operators import DenseOperator, Inpainting, random_mask
-from exactpost.posterior import (
+from exactpost.core.posterior import (
     EPSPosteriorDenoiser,
     ZeroShotPivotDenoiser,
     pivot,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from exactpost.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear
+from exactpost.core.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear
 from exactpost.nets import EDMPrecond, UNet, UNetConfig, as_denoiser, as_eps_network, edm_coefficients, loss_weight
 
 from nets_helpers import TINY, gen, perturb  # noqa: E402

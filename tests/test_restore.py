@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exactpost import zoo
-from exactpost.cli import main
+from exactpost.inference import zoo
+from exactpost.app.cli import main
 from zoo_helpers import make_tiny_models, write_restore_inputs
 
 
@@ -129,8 +129,8 @@ def test_every_method_restores_through_the_same_command(env, tmp_path, method):
 def test_restore_measurement_passes_baseline_settings_and_refuses_them_for_trained_methods(env):
     import torch
 
-    from exactpost.api import restore_measurement
-    from exactpost.tasks import make_operator, simulate
+    from exactpost.inference.api import restore_measurement
+    from exactpost.core.tasks import make_operator, simulate
 
     prior = zoo.find_model("tiny-32", "prior")
     net = zoo.load(prior)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from exactpost.operators import AveragePoolSR, FFTBlur, Inpainting
-from exactpost.restore_inputs import (
+from exactpost.app.restore_inputs import (
     InputError,
     check_output_dir,
     load_npy_finite,

@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 
-from exactpost.gmm import GaussianMixture
-from exactpost.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear
-from exactpost.samplers import (
+from exactpost.priors.gmm import GaussianMixture
+from exactpost.core.interpolants import EDM, RectifiedFlow, VPCosine, VPLinear
+from exactpost.core.samplers import (
     ddim,
     ddpm,
     edm_euler,

@@ -1,7 +1,7 @@
 """Diffusers schedulers driven by exactpost denoisers (exactpost.backbones.scheduler_sample).
 
 * exactness: a Gaussian prior N(m, 0.25 I) in R^8, a random 4 x 8 operator, sigma_y = 0.1;
-  the exact EPS network of the prior (closed form, exactpost.gmm.GMMEPSOracle) stands in for
+  the exact EPS network of the prior (closed form, exactpost.priors.gmm.GMMEPSOracle) stands in for
   the network inside the EPS posterior denoiser, and each listed scheduler's samples are
   within 1.3x the noise floor of the exact posterior in sliced Wasserstein (protocol of
   exactpost.bench.gmm_eval, n = 500, 4 repeats); too few steps fail the same check;
@@ -20,11 +20,11 @@ from backbone_helpers import save_flat, tiny_unet  # noqa: E402
 from exactpost.backbones import DRIVABLE, BackboneError, load_backbone, make_scheduler, scheduler_sample  # noqa: E402
 from exactpost.backbones.layout import read_json, resolve_folder  # noqa: E402
 from exactpost.bench.gmm_eval import sw_to_posterior  # noqa: E402
-from exactpost.gmm import GaussianMixture, GMMEPSOracle, GMMProblem  # noqa: E402
-from exactpost.interpolants import EDM, VPLinear  # noqa: E402
+from exactpost.priors.gmm import GaussianMixture, GMMEPSOracle, GMMProblem  # noqa: E402
+from exactpost.core.interpolants import EDM, VPLinear  # noqa: E402
 from exactpost.nets import as_denoiser  # noqa: E402
 from exactpost.operators import DenseOperator  # noqa: E402
-from exactpost.posterior import EPSPosteriorDenoiser  # noqa: E402
+from exactpost.core.posterior import EPSPosteriorDenoiser  # noqa: E402
 
 TOL = 1.3
 BASE = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,

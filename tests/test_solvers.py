@@ -16,11 +16,11 @@ import math
 import pytest
 import torch
 
-from exactpost.gmm import GaussianMixture
-from exactpost.interpolants import EDM, VPLinear
-from exactpost.sampler_spec import DEFAULT, LEGACY, SamplerSpec, parse_spec, parse_specs
-from exactpost.samplers import dpmpp_2m, edm_heun, heun_sigmas
-from exactpost.schedules import check_sigmas, karras_sigmas, loglinear_sigmas, with_zero
+from exactpost.priors.gmm import GaussianMixture
+from exactpost.core.interpolants import EDM, VPLinear
+from exactpost.core.sampler_spec import DEFAULT, LEGACY, SamplerSpec, parse_spec, parse_specs
+from exactpost.core.samplers import dpmpp_2m, edm_heun, heun_sigmas
+from exactpost.core.schedules import check_sigmas, karras_sigmas, loglinear_sigmas, with_zero
 
 MU = torch.tensor([1.5, -0.5, 0.3, 2.0], dtype=torch.float64)
 C = torch.tensor([0.7, 0.05, 2.0, 0.2], dtype=torch.float64)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from exactpost.operators import AveragePoolSR, FFTBlur, Inpainting, gaussian_kernel
-from exactpost.tasks import TASKS, TaskSpec, get_task, make_operator, simulate, task_names
+from exactpost.core.tasks import TASKS, TaskSpec, get_task, make_operator, simulate, task_names
 
 SIZES = [32, 64]
 RANDOM_TASKS = ["inpaint-random", "inpaint-box", "deblur-motion"]

@@ -4,7 +4,7 @@ single process, and bad checkpoints / bad command lines end in one line with exi
 
 Everything runs on a tiny U-Net (16x16 images, widths 16/32) and a synthetic 40-image
 ``.npz`` written to a temporary folder, so each test takes seconds on a busy 2-core CPU.
-The resume and distributed tests run the real command line (``python -m exactpost.cli``)
+The resume and distributed tests run the real command line (``python -m exactpost.app.cli``)
 in subprocesses, as a user (or ``accelerate launch`` / ``torchrun``) would.
 """
 
@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load_file
 
 import exactpost
-from exactpost import cli
+from exactpost.app import cli
 from exactpost.nets import edm_coefficients
-from exactpost.tasks import task_names
+from exactpost.core.tasks import task_names
 from exactpost.io.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from exactpost.nets import load_model
 from exactpost.training.loop import EMA, TrainConfig, build_model, export_model
@@ -78,7 +78,7 @@ def _train_args(data: Path, run_dir: Path, *, steps: int, unet: dict = UNET, obj
 
 
 def _cli_command(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "exactpost.cli", *args]
+    return [sys.executable, "-m", "exactpost.app.cli", *args]
 
 
 def _run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -459,8 +459,8 @@ def _launcher(name: str) -> list[str]:
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_process_training_matches_one_process(data, tmp_path, launcher):
-    """``python -m torch.distributed.run --nproc_per_node 2 -m exactpost.cli train`` and
-    ``accelerate launch --multi_gpu --num_processes 2 -m exactpost.cli train`` (gloo, WORLD_SIZE
+    """``python -m torch.distributed.run --nproc_per_node 2 -m exactpost.app.cli train`` and
+    ``accelerate launch --multi_gpu --num_processes 2 -m exactpost.app.cli train`` (gloo, WORLD_SIZE
     set by the launcher) on a global batch of 8 reach the single-process weights up to the
     all-reduce's floating-point order (measured max |diff| ~3e-6 after 4 steps, against weight
     changes ~4e-3), and log the global-batch loss."""
@@ -469,7 +469,7 @@ def test_two_process_training_matches_one_process(data, tmp_path, launcher):
     env = dict(_env(), CUDA_VISIBLE_DEVICES="")
 
     def launch() -> subprocess.Popen:
-        command = [*_launcher(launcher), "-m", "exactpost.cli",
+        command = [*_launcher(launcher), "-m", "exactpost.app.cli",
                    *_train_args(data, dist, steps=steps, checkpoint_every=2)]
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -636,12 +636,12 @@ def test_prior_then_finetune_then_sample_end_to_end(data, tmp_path, capsys):
 def test_a_model_trained_on_a_task_subset_restores_with_its_training_embedding(data, tmp_path):
     """Fine-tuned on sr4 alone (registry row 2, not the card list's first position 0): the card
     records {sr4: 2}, and restoration feeds row 2 -- the embedding training used."""
-    from exactpost.conditioning import build_conditioning
-    from exactpost.interpolants import EDM
+    from exactpost.core.conditioning import build_conditioning
+    from exactpost.core.interpolants import EDM
     from exactpost.nets import as_eps_network
-    from exactpost.posterior import EPSPosteriorDenoiser
-    from exactpost.restoration import eps_restore
-    from exactpost.tasks import make_operator, simulate
+    from exactpost.core.posterior import EPSPosteriorDenoiser
+    from exactpost.inference.restoration import eps_restore
+    from exactpost.core.tasks import make_operator, simulate
     from exactpost.training.loop import train
 
     run = tmp_path / "sr4"

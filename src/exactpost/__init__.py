@@ -4,13 +4,13 @@
 >>> model = exactpost.load("faces-32")          # doctest: +SKIP
 >>> res = model.restore(measurement)            # doctest: +SKIP
 
-See :mod:`exactpost.api` for the one-call API (:func:`load`, :class:`Measurement`,
+See :mod:`exactpost.inference.api` for the one-call API (:func:`load`, :class:`Measurement`,
 :meth:`Model.restore`) and the README for the lower-level pieces.
 """
 
 __version__ = "0.1.0"
 
-from .api import Measurement, Model, load, methods  # noqa: E402
-from .restoration import Restoration  # noqa: E402
+from .inference.api import Measurement, Model, load, methods  # noqa: E402
+from .inference.restoration import Restoration  # noqa: E402
 
 __all__ = ["Measurement", "Model", "Restoration", "load", "methods", "__version__"]

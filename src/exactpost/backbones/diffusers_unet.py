@@ -5,7 +5,7 @@ The wrapper has the interface of :class:`exactpost.nets.EDMPrecond`::
     model(x, sigma, cond=None, task_id=None, sigma_y=None) -> x0_hat     x = x0 + sigma e
 
 so :func:`exactpost.nets.as_denoiser` (any interpolant), :func:`exactpost.nets.as_eps_network`
-(the EPS posterior denoiser), :mod:`exactpost.restoration`, every sampler and every baseline
+(the EPS posterior denoiser), :mod:`exactpost.inference.restoration`, every sampler and every baseline
 take it unchanged. One call, with a = sqrt(abar) = 1 / sqrt(1 + sigma^2):
 
     x_vp  = a x                                   the model's own input scale
@@ -21,7 +21,7 @@ exactly (tested). A learned-variance network (``out_channels = 2 x image channel
 improved-diffusion; scheduler ``variance_type`` learned/learned_range) is used through the
 first half of its output, the mean; the variance half is ignored, as exactpost's samplers
 choose their own noise. ``cond`` channels (EPS / Palette conditioning of
-:mod:`exactpost.conditioning`) go unscaled into the extra input channels of a widened
+:mod:`exactpost.core.conditioning`) go unscaled into the extra input channels of a widened
 ``conv_in`` (:mod:`exactpost.backbones.widen`); the task id goes in as the class label of a
 zero-initialised class embedding. At inference, when cond and the task are the same on every
 call (one restoration), both are folded into the network once

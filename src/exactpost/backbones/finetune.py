@@ -5,10 +5,10 @@
 
 1. The model is loaded offline (:func:`~exactpost.backbones.diffusers_unet.load_backbone`)
    and grown with zero-initialised inputs (:mod:`~exactpost.backbones.widen`): ``conv_in``
-   gets the conditioning channels of the objective's kind (:mod:`exactpost.conditioning`,
+   gets the conditioning channels of the objective's kind (:mod:`exactpost.core.conditioning`,
    e.g. ``pivot+aty+mask+xreg``: A^T y, the certainty map and x_reg), and an unconditional
    model gets a class embedding used as the task embedding (row = the task's registry
-   position, :func:`exactpost.conditioning.task_embedding_index`). sigma_y is not embedded;
+   position, :func:`exactpost.core.conditioning.task_embedding_index`). sigma_y is not embedded;
    it reaches the network through x_reg. At step 0 the network computes what it did before.
 2. Batches are simulated by exactpost's objective (:func:`~exactpost.training.objectives.make_batch`:
    operators, measurements, the pivot mu* for EPS or x~ for Palette, the conditioning), with
@@ -53,9 +53,9 @@ from typing import Any
 
 import torch
 
-from ..atomic import write_atomic
-from ..conditioning import extends
-from ..tasks import task_names
+from ..io.atomic import write_atomic
+from ..core.conditioning import extends
+from ..core.tasks import task_names
 from ..io.checkpoint import checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
 from ..io.images import load_images
 from ..training.data import BatchStream

@@ -1,7 +1,7 @@
 """Restoration with a diffusers model's own scheduler (``exactpost restore --scheduler NAME``).
 
-:func:`scheduler_restore` is :func:`exactpost.restoration.eps_restore` /
-:func:`~exactpost.restoration.palette_restore` with a diffusers scheduler
+:func:`scheduler_restore` is :func:`exactpost.inference.restoration.eps_restore` /
+:func:`~exactpost.inference.restoration.palette_restore` with a diffusers scheduler
 (:func:`~exactpost.backbones.scheduler_sampling.scheduler_sample`) in place of exactpost's
 sampler; the posterior mean and the conditioning are the same:
 
@@ -17,7 +17,7 @@ sampler; the posterior mean and the conditioning are the same:
   each sample is ``nfe`` scheduler steps of the conditional network as a plain denoiser.
 
 The conditioning channels (A^T y, the certainty map, x_reg) and the task id are built once
-per measurement, before the steps (:func:`exactpost.restoration._prepare`).
+per measurement, before the steps (:func:`exactpost.inference.restoration._prepare`).
 
 Scheduler names (:data:`SCHEDULER_NAMES`, case-insensitive; a diffusers class name of
 :data:`~exactpost.backbones.scheduler_sampling.DRIVABLE` works too): ``own`` (the class the
@@ -34,10 +34,10 @@ from typing import Any, Optional
 
 import torch
 
-from ..interpolants import EDM
+from ..core.interpolants import EDM
 from ..operators.base import LinearOperator
-from ..posterior import EPSPosteriorDenoiser
-from ..restoration import SIGMA_MAX, Restoration, _prepare, _stats
+from ..core.posterior import EPSPosteriorDenoiser
+from ..inference.restoration import SIGMA_MAX, Restoration, _prepare, _stats
 from .layout import BackboneError, read_json, resolve_folder
 from .scheduler_sampling import DRIVABLE, make_scheduler, scheduler_sample
 

@@ -32,8 +32,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ..interpolants import EDM, Denoiser, Interpolant
-from ..samplers import SampleResult, _CountingDenoiser, _initial_noise
+from ..core.interpolants import EDM, Denoiser, Interpolant
+from ..core.samplers import SampleResult, _CountingDenoiser, _initial_noise
 from .layout import BackboneError
 
 #: schedulers this module drives (each tested against an exact posterior)
@@ -100,7 +100,7 @@ def scheduler_sample(denoiser: Denoiser, scheduler: Any, shape: Sequence[int], *
                      return_trajectory: bool = False) -> SampleResult:
     """Samples [*shape] from ``steps`` steps of the diffusers ``scheduler`` (one of
     :data:`DRIVABLE`; any DDPM-style config) with ``denoiser`` D(x_t, t) in ``interpolant``'s
-    coordinates (default EDM, like :mod:`exactpost.samplers`) in place of the network.
+    coordinates (default EDM, like :mod:`exactpost.core.samplers`) in place of the network.
 
     One denoiser call per scheduler timestep (NFE = steps for every listed scheduler).
     Randomness (initial noise, DDPM/ancestral noise) comes from ``generator`` only.

@@ -1,7 +1,7 @@
 """Shared machinery of the zero-shot baselines (private module).
 
 Every baseline works in the *variance-exploding* coordinates of the project
-(``x~ = x_t / a = x0 + sigma e``, see :mod:`exactpost.interpolants`) on a grid of noise levels
+(``x~ = x_t / a = x0 + sigma e``, see :mod:`exactpost.core.interpolants`) on a grid of noise levels
 sigma, and queries the prior network as ``D(a(t) x~, t)`` with ``t = t_of_sigma(sigma)``. A
 sigma-grid sampler is therefore the same algorithm for every interpolant (EDM, VP linear, VP
 cosine, rectified flow); only the network call changes. Methods whose published form lives in
@@ -12,11 +12,11 @@ level sigma), so that their step sizes mean what they mean in the papers; see ea
 Noise-level grids (``grid`` setting):
 
 * ``"vp"``: uniform in the time of DDPM's linear-beta VP schedule
-  (:class:`~exactpost.interpolants.VPLinear`) between t(sigma_max) and t(sigma_min), then 0:
+  (:class:`~exactpost.core.interpolants.VPLinear`) between t(sigma_max) and t(sigma_min), then 0:
   the respaced DDPM/DDIM schedule all the DDPM-based papers use (DPS, PiGDM, DDNM, DDRM, MPGD);
 * ``"karras"``: EDM's polynomial grid (rho = 7), then 0;
 * ``"uniform"``: uniform in the *given* interpolant's own time, then 0 (what
-  :func:`exactpost.samplers.ddim` does).
+  :func:`exactpost.core.samplers.ddim` does).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any, Sequence, Union
 
 import torch
 
-from ..batching import per_sample
-from ..interpolants import Denoiser, Interpolant, VPLinear, get_interpolant
+from ..core.batching import per_sample
+from ..core.interpolants import Denoiser, Interpolant, VPLinear, get_interpolant
 from ..operators.base import LinearOperator
-from ..posterior import check_measurement, check_sigma_y
-from ..samplers import edm_sigma_grid
+from ..core.posterior import check_measurement, check_sigma_y
+from ..core.samplers import edm_sigma_grid
 
 Scalar = Union[float, torch.Tensor]
 

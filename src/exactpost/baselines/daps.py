@@ -14,7 +14,7 @@ level *decouples* consecutive samples through x0:
    started at x0_hat (the reference), or -- for linear Gaussian problems -- by the exact draw
    of that Gaussian (``x0_update="gaussian"``): mean x0_hat + A^+_rho (y - A x0_hat),
    covariance tau^2 (A^T A + rho I)^{-1}, rho = tau^2 / r_k^2, drawn without square roots by
-   :func:`exactpost.posterior.sample_sigma_star` (the operators' exact solves);
+   :func:`exactpost.core.posterior.sample_sigma_star` (the operators' exact solves);
 3. x~ = x0_y + sigma_{k+1} z.
 
 NFE = N x ode_steps; the Langevin steps use only A and A^T (no network, no backward pass).
@@ -37,14 +37,9 @@ import math
 
 import torch
 
-from ..batching import per_sample
-from ..posterior import sample_sigma_star
-from ._common import (
-    ALL_INTERPOLANTS,
-    BaselineResult,
-    begin,
-    sigma_grid,
-)
+from ..core.batching import per_sample
+from ..core.posterior import sample_sigma_star
+from ._common import ALL_INTERPOLANTS, BaselineResult, begin, sigma_grid
 
 DEFAULTS = dict(ode_steps=5, ode_sigma_min=0.01, sigma_max=100.0, sigma_min=0.1, rho=7.0,
                 x0_update="langevin", langevin_steps=100, lr=1e-4, lr_min_ratio=0.01, tau=0.01)

@@ -42,11 +42,7 @@ import math
 
 import torch
 
-from ._common import (
-    ALL_INTERPOLANTS,
-    BaselineResult,
-    begin,
-)
+from ._common import ALL_INTERPOLANTS, BaselineResult, begin
 from .spectral import SpectralView, has_known_svd, spectral_view
 
 DEFAULTS = dict(eta=0.85, variant="auto", grid="vp", sigma_min=0.002, sigma_max=80.0)

@@ -34,11 +34,7 @@ import math
 
 import torch
 
-from ._common import (
-    ALL_INTERPOLANTS,
-    BaselineResult,
-    begin,
-)
+from ._common import ALL_INTERPOLANTS, BaselineResult, begin
 from .spectral import SpectralView, spectral_view
 
 DEFAULTS = dict(eta=0.85, eta_b=1.0, grid="vp", sigma_min=0.002, sigma_max=80.0)

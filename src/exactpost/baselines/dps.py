@@ -20,7 +20,7 @@ with a_vp = 1/sqrt(1 + sigma^2), so in the variance-exploding x~ used here it re
 interpolant this is the reference update exactly; on EDM and flow it is the same update at the
 same noise levels. The ancestral step is :func:`~exactpost.baselines._common.ddim_ve_step`
 with eta = 1 on the ``"vp"`` grid (respaced DDPM), which with zeta = 0 is exactly
-:func:`exactpost.samplers.ddpm` on :class:`~exactpost.interpolants.VPLinear` (tested).
+:func:`exactpost.core.samplers.ddpm` on :class:`~exactpost.core.interpolants.VPLinear` (tested).
 
 Deviations: (1) the reference takes one norm over the whole batch (it runs batch size 1);
 here each sample has its own norm, so samples do not interact; (2) the reference ADM network
@@ -32,14 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (
-    ALL_INTERPOLANTS,
-    BaselineResult,
-    a_vp,
-    begin,
-    ddim_ve_step,
-    unit_residual_gradient,
-)
+from ._common import ALL_INTERPOLANTS, BaselineResult, a_vp, begin, ddim_ve_step, unit_residual_gradient
 
 DEFAULTS = dict(zeta=0.5, eta=1.0, grid="vp", sigma_min=0.002, sigma_max=80.0)
 DEFAULT_NFE = 1000

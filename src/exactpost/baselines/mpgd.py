@@ -24,13 +24,7 @@ import math
 
 import torch
 
-from ._common import (
-    ALL_INTERPOLANTS,
-    BaselineResult,
-    begin,
-    ddim_ve_step,
-    unit_residual_gradient,
-)
+from ._common import ALL_INTERPOLANTS, BaselineResult, begin, ddim_ve_step, unit_residual_gradient
 
 DEFAULTS = dict(scale=4.0, eta=0.5, grid="vp", sigma_min=0.002, sigma_max=80.0)
 DEFAULT_NFE = 100

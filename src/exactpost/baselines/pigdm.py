@@ -38,12 +38,7 @@ from __future__ import annotations
 import torch
 
 from ..operators.base import LinearOperator
-from ._common import (
-    ALL_INTERPOLANTS,
-    BaselineResult,
-    begin,
-    ddim_ve_step,
-)
+from ._common import ALL_INTERPOLANTS, BaselineResult, begin, ddim_ve_step
 
 DEFAULTS = dict(eta=1.0, weighting="score", guidance_scale=1.0, grid="vp", sigma_min=0.002,
                 sigma_max=80.0)

@@ -49,7 +49,7 @@ _dps, _pigdm, _ddnm, _ddrm, _daps, _mpgd, _zs = (
 class MethodSpec:
     """A registered method: its function, default settings, default NFE, the interpolants it
     supports, whether it backpropagates through the network, and per-task reference settings
-    (task id of :mod:`exactpost.tasks` -> settings) where the paper gives them."""
+    (task id of :mod:`exactpost.core.tasks` -> settings) where the paper gives them."""
 
     name: str
     fn: Callable[..., BaselineResult]

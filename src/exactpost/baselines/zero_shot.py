@@ -1,6 +1,6 @@
 """Zero-shot pivoting: the unconditional prior queried at the EPS pivot.
 
-:class:`exactpost.posterior.ZeroShotPivotDenoiser` is a posterior denoiser
+:class:`exactpost.core.posterior.ZeroShotPivotDenoiser` is a posterior denoiser
 D_zs(x_t, t) = D_prior(a(t) mu*(x_t, t, y), t) built from the prior alone (no training); this
 module runs it through one of the project's samplers behind the common baseline interface.
 Defaults: EDM Heun (the sampler the EPS paper uses) with ``heun_steps_for_nfe(nfe)`` steps
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import samplers as S
-from ..posterior import ZeroShotPivotDenoiser
+from ..core import samplers as S
+from ..core.posterior import ZeroShotPivotDenoiser
 from ._common import ALL_INTERPOLANTS, BaselineResult, begin, resolve_steps
 
 DEFAULTS = dict(sampler="edm_heun", eta=0.0, sigma_min=0.002, sigma_max=80.0)

@@ -1,7 +1,7 @@
 """``exactpost bench gmm``: the Gaussian-mixture (MCGdiff) benchmark against exact posteriors.
 
 Protocol (Cardoso et al. 2024, "MCGdiff", section on Gaussian mixtures; the construction is
-:func:`exactpost.gmm.mcgdiff_problem`): for every setting (d, dy), ``--problems`` independent
+:func:`exactpost.priors.gmm.mcgdiff_problem`): for every setting (d, dy), ``--problems`` independent
 problems, each with
 
 * a prior p(x0) = sum_{k=1..25} w_k N(x0; m_k, I), means on {-16,-8,0,8,16}^2 repeated over
@@ -17,7 +17,7 @@ scored by
 
 * the sliced 2-Wasserstein distance to the reference,
   SW_2(X, R) = ( (1/L) sum_l W_2^2(<theta_l, X>, <theta_l, R>) )^{1/2}
-  (:func:`exactpost.metrics.sliced_wasserstein`);
+  (:func:`exactpost.core.metrics.sliced_wasserstein`);
 * the 90 % credible-interval coverage: with [q_lo,i, q_hi,i] the empirical
   (1 - level)/2 and (1 + level)/2 quantiles of coordinate i of X (``torch.quantile``),
 
@@ -25,7 +25,7 @@ scored by
 
   i.e. the probability that a fresh *exact posterior* draw lies in the method's per-coordinate
   central interval, estimated with the n reference draws (the same number as
-  :func:`exactpost.metrics.interval_coverage` with every reference draw as a truth). A
+  :func:`exactpost.core.metrics.interval_coverage` with every reference draw as a truth). A
   calibrated sampler scores ``level`` up to the O(1/n) bias of empirical quantiles
   ((k_hi - k_lo)/(n + 1) for order statistics k); too narrow intervals score less, too wide
   ones more. (Using the one true x0 behind y instead would be an equally valid truth, but
@@ -39,9 +39,9 @@ independent sets of n exact posterior draws: what a perfect sampler scores with 
 Methods, all at each NFE budget of ``--nfe`` and all starting from ``--sigma-max``:
 
 * ``eps-oracle``: EPS with the exact mixture oracle as the network
-  (:class:`exactpost.gmm.GMMEPSOracle`): the 1-NFE posterior mean at sigma_max, then each
-  sampler of ``--eps-sampler`` (:mod:`exactpost.sampler_spec`; default
-  :data:`~exactpost.sampler_spec.DEFAULT`) started around it with the remaining nfe - 1
+  (:class:`exactpost.priors.gmm.GMMEPSOracle`): the 1-NFE posterior mean at sigma_max, then each
+  sampler of ``--eps-sampler`` (:mod:`exactpost.core.sampler_spec`; default
+  :data:`~exactpost.core.sampler_spec.DEFAULT`) started around it with the remaining nfe - 1
   evaluations (EDM Heun with K levels uses 2 K - 1, so an even budget leaves one unused);
   one table row per sampler, the first one is the row the checks read;
 * ``eps-mlp`` (``--learned``, d in {8, 80} only): EDM Heun (the legacy sampler) with a small MLP trained
@@ -89,14 +89,14 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .. import argtypes
-from ..gmm import GaussianMixture, GMMProblem, mcgdiff_problem
-from ..atomic import write_atomic
+from ..app import argtypes
+from ..priors.gmm import GaussianMixture, GMMProblem, mcgdiff_problem
+from ..io.atomic import write_atomic
 from ..io.images import save_text
-from ..interpolants import EDM
-from ..metrics import random_directions, sliced_wasserstein
+from ..core.interpolants import EDM
+from ..core.metrics import random_directions, sliced_wasserstein
 from ..operators import DenseOperator
-from ..sampler_spec import DEFAULT, LEGACY, parse_specs
+from ..core.sampler_spec import DEFAULT, LEGACY, parse_specs
 from .gmm_eval import eps_oracle_spec_draw
 from .records import RecordLog, json_safe
 
@@ -144,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps-sampler", default=DEFAULT.name, metavar="SPEC[,SPEC...]",
                         help=f"EPS sampler(s) of eps-oracle, comma-separated specs "
                              f"SOLVER[:SCHEDULE][:rho=R][:smin=S][:start=T][:churn=C][:eta=E] "
-                             f"(exactpost.sampler_spec; 'default' = {DEFAULT.name}, 'legacy' = {LEGACY.name}); "
+                             f"(exactpost.core.sampler_spec; 'default' = {DEFAULT.name}, 'legacy' = {LEGACY.name}); "
                              f"one row each, the first is checked")
     parser.add_argument("--learned", action="store_true",
                         help=f"add {LEARNED}: an MLP trained per problem by the EPS objective "
@@ -613,7 +613,7 @@ def markdown(cfg: BenchConfig, rows: list[dict[str, Any]], meta: dict[str, Any])
          f"Entries: mean ± 1.96 standard errors over problems. Noise floor: {cfg.repeats} further exact "
          f"posterior set(s) scored the same way. The label's NFE is the budget; the actual NFE per sample is in "
          f"parentheses where it differs. EPS: the 1-NFE posterior mean at sigma_max, then the sampler "
-         f"in brackets (exactpost.sampler_spec: solver, schedule, rho, last positive level smin) with the "
+         f"in brackets (exactpost.core.sampler_spec: solver, schedule, rho, last positive level smin) with the "
          f"remaining evaluations, started around the mean; eps-mlp uses EDM Heun (rho 7, smin 0.002). "
          f"Baselines: registry defaults with the exact prior denoiser as their network.", "",
          "## Sliced Wasserstein to the exact posterior (lower is better)", ""]
@@ -646,7 +646,7 @@ def write_samples_npz(cfg: BenchConfig, cache: Cache, path: str | os.PathLike) -
     prior_weights [25], prior_means [25, d] (identity covariances), A [dy, d], y [dy],
     sigma_y [], directions [d, L], reference [n, d], and ``<variant>_nfe<budget>`` [repeats, n, d]
     for each cell (``exact_nfe0`` are the noise-floor sets); plus ``protocol`` (JSON text). Recheck a
-    distance with exactpost.metrics.sliced_wasserstein(samples, reference,
+    distance with exactpost.core.metrics.sliced_wasserstein(samples, reference,
     directions=directions), averaged over the sets. Written entry by entry (low memory), atomically."""
     by_problem: dict[tuple, list[Cell]] = {}
     for cell in cells_of(cfg):

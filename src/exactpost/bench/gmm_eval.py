@@ -1,6 +1,6 @@
 """The Gaussian-mixture protocol: how far a sampler's draws are from the exact posterior.
 
-For one :class:`~exactpost.gmm.GMMProblem`, draw a reference set of n exact posterior
+For one :class:`~exactpost.priors.gmm.GMMProblem`, draw a reference set of n exact posterior
 samples, then ``repeats`` independent sets from the sampler and ``repeats`` independent
 exact sets, and report
 
@@ -21,12 +21,12 @@ from typing import Callable
 
 import torch
 
-from ..gmm import GMMEPSOracle, GMMProblem
-from ..interpolants import EDM, Interpolant
-from ..metrics import random_directions, sliced_wasserstein
+from ..priors.gmm import GMMEPSOracle, GMMProblem
+from ..core.interpolants import EDM, Interpolant
+from ..core.metrics import random_directions, sliced_wasserstein
 from ..operators import DenseOperator
-from ..posterior import EPSPosteriorDenoiser
-from ..sampler_spec import SamplerSpec
+from ..core.posterior import EPSPosteriorDenoiser
+from ..core.sampler_spec import SamplerSpec
 
 #: draw(n, generator) -> [n, d] samples
 Draw = Callable[[int, torch.Generator], torch.Tensor]

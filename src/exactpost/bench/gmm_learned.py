@@ -14,7 +14,7 @@ Noise levels follow EDM's recipe scaled to the data: ln sigma ~ N(ln(sigma_data 
 1.2^2), a share ``uniform_frac`` (default a fifth) of each batch log-uniform on [0.002, sigma_max].
 
 :func:`denoiser_gap` compares a trained EPS network with the exact posterior denoiser
-(:class:`~exactpost.gmm.GMMEPSOracle`) at given noise levels, to see where its error is.
+(:class:`~exactpost.priors.gmm.GMMEPSOracle`) at given noise levels, to see where its error is.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..gmm import GMMEPSOracle, GMMProblem, GaussianMixture, mcgdiff_measurement
-from ..interpolants import EDM
+from ..priors.gmm import GMMEPSOracle, GMMProblem, GaussianMixture, mcgdiff_measurement
+from ..core.interpolants import EDM
 from ..nets.mlp import MLPDenoiser
 from ..operators import DenseOperator
-from ..posterior import EPSPosteriorDenoiser, ZeroShotPivotDenoiser, pivot_from_sigma
-from ..samplers import edm_heun
+from ..core.posterior import EPSPosteriorDenoiser, ZeroShotPivotDenoiser, pivot_from_sigma
+from ..core.samplers import edm_heun
 from ..training.objectives import NoiseLevels
 from .gmm_eval import sw_to_posterior
 

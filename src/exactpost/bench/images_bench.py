@@ -4,11 +4,11 @@ Protocol. ``--images`` N test images of the model family (default: the test spli
 data named in the prior's card; ``--data demo``: the family's bundled demo images), for every
 task of ``--tasks``: the operator and the measurements y = A x0 + sigma_y n are drawn exactly
 as ``exactpost demo`` and ``benchmarks/model_quality.py`` draw them (one generator seeded
-:func:`exactpost.demo.task_seed` (seed, task), ``make_operator(task, N)`` then ``simulate``),
+:func:`exactpost.app.demo.task_seed` (seed, task), ``make_operator(task, N)`` then ``simulate``),
 so every method sees the same y, and the numbers are comparable with the model-quality table.
 Then for every cell (task, method, NFE budget) the N images are restored in batches of
-``--batch`` by :meth:`exactpost.api.Model.restore` (``eps``: the EPS network, the
-1-NFE posterior mean and the ``--eps-sampler`` (default :data:`exactpost.sampler_spec.DEFAULT`)
+``--batch`` by :meth:`exactpost.inference.api.Model.restore` (``eps``: the EPS network, the
+1-NFE posterior mean and the ``--eps-sampler`` (default :data:`exactpost.core.sampler_spec.DEFAULT`)
 from it; ``palette``: the Palette network; every zero-shot
 baseline on the prior network, with the step sizes tuned on validation images, the
 ``benchmarks/results/baseline_tuning*.json`` tuned for this prior when there is one), K =
@@ -20,18 +20,18 @@ sr4 (``--tasks`` / ``--nfe`` still override) and draws PSNR and CRPS against NFE
 Scores of a cell (images in [-1, 1], samples clamped to [-1, 1] as when saved as PNG):
 
 * PSNR / SSIM of the **posterior-mean estimate, the mean of the K samples** (not the
-  network's 1-NFE mean), :func:`exactpost.metrics.psnr` / :func:`~exactpost.metrics.ssim`
+  network's 1-NFE mean), :func:`exactpost.core.metrics.psnr` / :func:`~exactpost.core.metrics.ssim`
   (data range 2), averaged over images; for EPS (and Palette) the PSNR/SSIM of the network's
   own 1-NFE mean are recorded too (``psnr_1nfe_mean``), and for every method the samples'
   average PSNR (``psnr_sample``);
-* CRPS: the fair ensemble CRPS of the K samples per pixel (:func:`~exactpost.metrics.crps`),
+* CRPS: the fair ensemble CRPS of the K samples per pixel (:func:`~exactpost.core.metrics.crps`),
   [-1, 1] units, averaged over images;
 * MMD: an unbiased MMD^2 in pixel space between the set {first sample x_i of every image}
   and the set {truth images y_i}, Gaussian kernel k(a, b) = exp(-||a - b||^2 / (2 h^2)) on
-  the flattened images (the kernel of :func:`~exactpost.metrics.mmd2`) with one bandwidth for
+  the flattened images (the kernel of :func:`~exactpost.core.metrics.mmd2`) with one bandwidth for
   the whole run, h = the median pairwise distance of the N truth images (so cells compare).
   The sets are *paired* (x_i is drawn given the measurement of y_i), so the estimator is
-  :func:`exactpost.metrics.mmd2_paired`, the U-statistic over the pairs (Gretton et al. 2012, eq. 4):
+  :func:`exactpost.core.metrics.mmd2_paired`, the U-statistic over the pairs (Gretton et al. 2012, eq. 4):
   metrics.mmd2's cross term also averages the N matched pairs k(x_i, y_i), which are close,
   and would reward a sample for resembling its own truth (a bias of about -2 (k_ii - k_ij) / N,
   -0.08 at N = 8) rather than measure the distance between the distributions. It can be
@@ -39,21 +39,21 @@ Scores of a cell (images in [-1, 1], samples clamped to [-1, 1] as when saved as
   floor (two disjoint sets of real test faces: +0.0015, ``benchmarks/mmd_floor.py``) is above
   nearly every method's value, and it separates only gross failures (a 4x blur: +0.015) that
   PSNR and FD already flag, at the median bandwidth or a smaller one;
-* FD: the Frechet distance (:func:`exactpost.metrics.frechet_distance`) between the
+* FD: the Frechet distance (:func:`exactpost.core.metrics.frechet_distance`) between the
   features of the same two sets under the family's small encoder
-  (:func:`exactpost.encoder.find_encoder`); ``null`` / "n/a" when the family has none. Biased
+  (:func:`exactpost.inference.zoo.find_encoder`); ``null`` / "n/a" when the family has none. Biased
   upward for small N, like FID: compare cells of one run only;
 * ``coverage90``: the fraction of truth pixels inside the samples' central 90 % interval
-  (:func:`~exactpost.metrics.interval_coverage`; with K = 4 even an exact sampler covers
+  (:func:`~exactpost.core.metrics.interval_coverage`; with K = 4 even an exact sampler covers
   only about (K - 1)/(K + 1) = 60 %), in the JSON only;
 * calibration (``coverage80``, ``coverage80_reference``, ``spread_skill``, with ``spread``,
   ``skill``; the table's "cov80 (ref)" and "spread/skill" columns), on the raw (unclamped)
   samples: the coverage of the per-pixel central order-statistic interval of the K samples
-  nearest 80 % (:func:`~exactpost.metrics.rank_interval_coverage`), beside what a truth
-  exchangeable with the K samples scores, exactly (:func:`~exactpost.metrics.exchangeable_coverage`:
+  nearest 80 % (:func:`~exactpost.core.metrics.rank_interval_coverage`), beside what a truth
+  exchangeable with the K samples scores, exactly (:func:`~exactpost.core.metrics.exchangeable_coverage`:
   3/5 at K = 4, 7/9 at K = 8, 13/17 at K = 16); and the spread/skill ratio
   sqrt((K+1)/K * mean sample variance) / RMSE of the sample mean over all pixels
-  (:func:`~exactpost.metrics.spread_skill`; 1 when calibrated, > 1 over-dispersed);
+  (:func:`~exactpost.core.metrics.spread_skill`; 1 when calibrated, > 1 over-dispersed);
 * seconds per image (wall time of all K samples, and of the method's 1-NFE mean where it
   computes one, divided by N), the NFE actually spent per sample, the backward passes per
   sample, and the **cost ratio**: seconds per image divided by those of the bare sampler at
@@ -100,10 +100,11 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .. import argtypes, zoo
-from ..atomic import write_atomic
+from ..app import argtypes
+from ..inference import zoo
+from ..io.atomic import write_atomic
 from ..io.images import save_text
-from ..sampler_spec import DEFAULT, LEGACY, parse_spec
+from ..core.sampler_spec import DEFAULT, LEGACY, parse_spec
 from .gmm_bench import derived_seed
 from .records import RecordLog, header_difference, json_safe, read_header
 
@@ -178,7 +179,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output prefix: PREFIX.json, PREFIX.md, the cache PREFIX.cache/ "
                              "(default benchmarks/results/bench_images_<family>)")
     parser.add_argument("--eps-sampler", default=None, metavar="SPEC",
-                        help="sampler of the eps cells (exactpost.sampler_spec, e.g. 'dpmpp2m:loglinear:smin=0.01'; "
+                        help="sampler of the eps cells (exactpost.core.sampler_spec, e.g. 'dpmpp2m:loglinear:smin=0.01'; "
                              "'legacy': EDM Heun rho 7, the sampler of the runs before issue 21; default: the "
                              "measured default)")
     parser.add_argument("--scheduler", default=None, metavar="NAME",
@@ -201,8 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # --- configuration ----------------------------------------------------------------------
 def all_methods() -> list[str]:
-    """eps, palette, then every zero-shot baseline (:func:`exactpost.api.methods`)."""
-    from ..api import methods
+    """eps, palette, then every zero-shot baseline (:func:`exactpost.inference.api.methods`)."""
+    from ..inference.api import methods
 
     return methods()
 
@@ -279,7 +280,7 @@ class BenchConfig:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Check the parsed options; ValueError (one line) for a bad value."""
-    from ..tasks import task_names
+    from ..core.tasks import task_names
 
     known_tasks = task_names()
     if args.tasks is not None:
@@ -511,7 +512,7 @@ class Setup:
     notices: list[str] = field(default_factory=list)
     encoder: Any = None
     encoder_note: str = ""
-    model: Any = None  # the exactpost.api.Model of the family's networks (loaded lazily, frozen)
+    model: Any = None  # the exactpost.inference.api.Model of the family's networks (loaded lazily, frozen)
     measurements: dict[str, tuple[Any, torch.Tensor]] = field(default_factory=dict)
     _truth_feats: Optional[torch.Tensor] = None
     _bandwidth: Optional[float] = None
@@ -523,8 +524,8 @@ class Setup:
     def measurement(self, task: str) -> tuple[Any, torch.Tensor]:
         """The operator and y of ``task`` for all N images (seeded as the demo)."""
         if task not in self.measurements:
-            from ..demo import task_seed
-            from ..tasks import make_operator, simulate
+            from ..app.demo import task_seed
+            from ..core.tasks import make_operator, simulate
 
             g = torch.Generator().manual_seed(task_seed(self.cfg.seed, task))
             op = make_operator(task, len(self.truth), tuple(self.truth.shape[1:]), generator=g)
@@ -585,8 +586,9 @@ class Setup:
 def find_encoder(model: str) -> tuple[Any, str]:
     """The family's feature encoder (or None) and a note why not."""
     try:
-        from ..encoder import find_encoder as _find
-        from ..metrics import frechet_distance  # noqa: F401 - needed for FD
+        from ..core.metrics import frechet_distance  # noqa: F401 - needed for FD
+        from ..inference.zoo import find_encoder as _find
+        from ..nets import encoder  # noqa: F401 - the encoder's architecture
     except ImportError as exc:
         return None, f"no encoder module ({exc.__class__.__name__}: {exc})"
     try:
@@ -627,7 +629,7 @@ def load_setup(cfg: BenchConfig) -> Setup:
         if plain:
             raise ValueError(f"--scheduler drives diffusers models' own schedulers; the {' and '.join(plain)} model of "
                              f"{family!r} is not a diffusers folder (drop --scheduler)")
-    from ..api import Model
+    from ..inference.api import Model
 
     model = Model({k: e for k, e in entries.items() if e is not None}, family)
     imgs, data = load_test_images(cfg, family, root, prior.card, model.network("prior").config.image_size)
@@ -639,9 +641,9 @@ def load_setup(cfg: BenchConfig) -> Setup:
 
 # --- one cell ----------------------------------------------------------------------------
 def restore_batch(setup: Setup, cell: Cell, op, y: torch.Tensor, g: torch.Generator):
-    """One batch of ``cell``: a :class:`~exactpost.restoration.Restoration` and the settings
+    """One batch of ``cell``: a :class:`~exactpost.inference.restoration.Restoration` and the settings
     that differ from the method's defaults (the tuned ones)."""
-    from ..api import TRAINED, Measurement
+    from ..inference.api import TRAINED, Measurement
 
     method = cell.method
     settings = dict(setup.tuned.get(method, {}).get(cell.task, {})) if method not in TRAINED else {}
@@ -654,8 +656,7 @@ def restore_batch(setup: Setup, cell: Cell, op, y: torch.Tensor, g: torch.Genera
 
 def score_cell(setup: Setup, samples: torch.Tensor, net_mean: Optional[torch.Tensor]) -> dict[str, Any]:
     """The scores of one cell from its samples [K, N, C, H, W] (module docstring)."""
-    from ..metrics import (exchangeable_coverage, interval_coverage, mmd2_paired, rank_interval_coverage,
-                           restoration_scores, spread_skill)
+    from ..core.metrics import exchangeable_coverage, interval_coverage, mmd2_paired, rank_interval_coverage, restoration_scores, spread_skill
 
     x0 = setup.truth
     out: dict[str, Any] = {}
@@ -684,7 +685,7 @@ def fd_of(setup: Setup, first: Optional[torch.Tensor]) -> dict[str, Any]:
     """{fd, fd_encoder} of the first samples [N, C, H, W] (clamped) against the truth."""
     if setup.encoder is None or first is None:
         return dict(fd=None, fd_encoder=setup.encoder_name)
-    from ..metrics import frechet_distance
+    from ..core.metrics import frechet_distance
 
     return dict(fd=float(frechet_distance(features(setup.encoder, first), setup.truth_features())),
                 fd_encoder=setup.encoder_name)
@@ -730,9 +731,9 @@ def run_cell(setup: Setup, cache: "Cache", cell: Cell, on_batch: Callable[[], No
 def time_bare(setup: Setup, nfe: int) -> dict[str, Any]:
     """Wall time of the bare unconditional sampler at budget ``nfe``: K samples of one batch
     (module docstring)."""
-    from ..interpolants import EDM
+    from ..core.interpolants import EDM
     from ..nets.precond import as_denoiser
-    from ..samplers import edm_heun, heun_steps_for_nfe
+    from ..core.samplers import edm_heun, heun_steps_for_nfe
 
     cfg = setup.cfg
     b = min(cfg.batch, len(setup.truth))
@@ -938,7 +939,7 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
           f"< 1 over-confident). '-': a cell cached before these were recorded.",
           f"- NFE: the budget; in parentheses the network evaluations a sample actually used where they differ "
           f"(EDM Heun spends 2N - 1; EPS counts its shared 1-NFE mean) and backward passes through the network "
-          f"per sample. EPS sampler: {cfg.eps_sampler or DEFAULT.name} (exactpost.sampler_spec).",
+          f"per sample. EPS sampler: {cfg.eps_sampler or DEFAULT.name} (exactpost.core.sampler_spec).",
           f"- s / image: wall time of all {cfg.samples} samples (and the method's 1-NFE mean where it has one) "
           f"divided by the images; one process, {meta['threads']} thread(s), on a machine possibly running "
           f"other work: single timings, not medians.",

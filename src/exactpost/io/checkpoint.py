@@ -19,7 +19,7 @@ Atomicity
     the old card: the digest then disagrees and :func:`load_checkpoint` refuses the pair
     loudly (it never loads a mismatched pair silently). Keep the previous checkpoint under
     another name if that window matters. A write that fails (disk full, permission lost)
-    raises :class:`~exactpost.atomic.WriteError`, an ``OSError`` whose one-line message
+    raises :class:`~exactpost.io.atomic.WriteError`, an ``OSError`` whose one-line message
     names the file and the cause; its temporary files are removed first.
 
 Training state
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import WriteError, fsync_dir, write_temp
+from .atomic import WriteError, fsync_dir, write_temp
 
 __all__ = [
     "CheckpointError",
@@ -114,7 +114,7 @@ def _write_all(f: Any, data: bytes) -> None:
 
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:
     """Write ``data`` to a new fsynced temporary file in ``directory`` (see
-    :func:`exactpost.atomic.write_temp`: a failure removes it and raises WriteError)."""
+    :func:`exactpost.io.atomic.write_temp`: a failure removes it and raises WriteError)."""
     return write_temp(directory, name, lambda f: _write_all(f, data))
 
 

@@ -11,7 +11,7 @@ Data sets (:func:`load_images`):
 * a folder of ``.png`` / ``.jpg`` / ``.jpeg`` files (sorted by name; RGB; all the same size
   after the optional centre crop to a square).
 
-PNG files are written atomically (temp file, fsync, rename: :mod:`exactpost.atomic`).
+PNG files are written atomically (temp file, fsync, rename: :mod:`exactpost.io.atomic`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import write_atomic
+from .atomic import write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -7,7 +7,7 @@
   zero-initialised paths so that its outputs are unchanged (fine-tuning a prior into EPS).
 * :class:`EDMPrecond`: D(x, sigma, cond) = c_skip x + c_out F(concat(c_in x, cond), log(sigma)/4);
   :func:`as_denoiser` turns it into a ``D(x_t, t)`` for any interpolant, :func:`as_eps_network`
-  into the ``net(pivot, cond, sigma)`` of :mod:`exactpost.posterior`.
+  into the ``net(pivot, cond, sigma)`` of :mod:`exactpost.core.posterior`.
 * :func:`load_model`: a trained network and its card from a checkpoint (safetensors + JSON).
 """
 

@@ -27,8 +27,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from ..batching import per_sample
-from ..interpolants import Interpolant, noise_levels
+from ..core.batching import per_sample
+from ..core.interpolants import Interpolant, noise_levels
 from .unet import UNet, UNetConfig
 
 __all__ = ["EDMPrecond", "edm_coefficients", "loss_weight", "as_denoiser", "as_eps_network"]
@@ -155,7 +155,7 @@ def as_denoiser(precond: EDMPrecond, interpolant: Interpolant, task_id: Any = No
     if precond.config.cond_channels != 0:
         raise ValueError(
             f"as_denoiser needs a network without conditioning channels (this one has {precond.config.cond_channels}); "
-            "wrap it with as_eps_network and exactpost.posterior.EPSPosteriorDenoiser instead"
+            "wrap it with as_eps_network and exactpost.core.posterior.EPSPosteriorDenoiser instead"
         )
 
     def denoiser(x_t: torch.Tensor, t: Scalar) -> torch.Tensor:
@@ -167,7 +167,7 @@ def as_denoiser(precond: EDMPrecond, interpolant: Interpolant, task_id: Any = No
 
 def as_eps_network(precond: EDMPrecond, task_id: Any = None, sigma_y: Any = None
                    ) -> Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]:
-    """The EPS network signature of :mod:`exactpost.posterior`:
+    """The EPS network signature of :mod:`exactpost.core.posterior`:
     ``net(pivot, cond, sigma) = precond(pivot, sigma, cond=cond, task_id, sigma_y)``."""
 
     def net(pivot: torch.Tensor, cond: Any, sigma: torch.Tensor) -> torch.Tensor:

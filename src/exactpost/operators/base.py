@@ -9,7 +9,7 @@ shape ``[B, *out_shape]``. Besides the forward map ``A`` and its adjoint ``At`` 
 * ``regularized_pinv(r, rho)`` = (A^T A + rho I)^{-1} A^T r = A^T (A A^T + rho I)^{-1} r for
   rho >= 0, the Tikhonov-regularised pseudo-inverse (rho = 0 gives A^+ r exactly).
 
-The last one is all the EPS pivot needs (see :mod:`exactpost.posterior`). Structured
+The last one is all the EPS pivot needs (see :mod:`exactpost.core.posterior`). Structured
 families override them with closed forms; this base class implements them for any operator
 by conjugate gradients, so an operator given only ``A`` and ``At`` works too (see
 :class:`FunctionOperator`).
@@ -27,7 +27,7 @@ from typing import Callable, Sequence, Union
 
 import torch
 
-from ..batching import per_sample
+from ..core.batching import per_sample
 
 Rho = Union[float, torch.Tensor]
 

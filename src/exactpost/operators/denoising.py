@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..batching import per_sample
+from ..core.batching import per_sample
 from ._common import StructuredOperator, check_batch_size, check_shape_tuple
 
 

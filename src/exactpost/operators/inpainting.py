@@ -10,14 +10,8 @@ from typing import Sequence
 
 import torch
 
-from ..batching import per_sample
-from ._common import (
-    StructuredOperator,
-    as_tensor_param,
-    check_batch_size,
-    check_positive_int,
-    generator_device,
-)
+from ..core.batching import per_sample
+from ._common import StructuredOperator, as_tensor_param, check_batch_size, check_positive_int, generator_device
 
 
 class Inpainting(StructuredOperator):

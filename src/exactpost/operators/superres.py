@@ -6,13 +6,8 @@ from typing import Sequence
 
 import torch
 
-from ..batching import per_sample
-from ._common import (
-    StructuredOperator,
-    check_batch_size,
-    check_positive_int,
-    check_shape_tuple,
-)
+from ..core.batching import per_sample
+from ._common import StructuredOperator, check_batch_size, check_positive_int, check_shape_tuple
 
 
 class AveragePoolSR(StructuredOperator):

@@ -37,14 +37,14 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .. import conditioning as cond_kinds
-from ..interpolants import EDM
-from ..metrics import restoration_scores
+from ..core import conditioning as cond_kinds
+from ..core.interpolants import EDM
+from ..core.metrics import restoration_scores
 from ..nets import UNet, UNetConfig, count_parameters, preset
 from ..nets.precond import EDMPrecond, as_eps_network
 from ..nets.unet import expand_unet
-from ..posterior import EPSPosteriorDenoiser
-from ..tasks import make_operator, simulate, task_names
+from ..core.posterior import EPSPosteriorDenoiser
+from ..core.tasks import make_operator, simulate, task_names
 from ..io.checkpoint import checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
 from ..io.images import load_images, to_float
 from ..nets.loading import load_model
@@ -254,7 +254,7 @@ class _DDPLossView:
 
 def _psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
     """PSNR in dB of x against ref (images in [-1, 1], x clamped), averaged over images:
-    the ``psnr_mean`` of :func:`exactpost.metrics.restoration_scores`."""
+    the ``psnr_mean`` of :func:`exactpost.core.metrics.restoration_scores`."""
     return restoration_scores(ref, x)["psnr_mean"]
 
 

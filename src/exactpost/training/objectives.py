@@ -14,7 +14,7 @@ ln sigma ~ N(-1.2, 1.2^2), except a fraction ``uniform_frac`` of each batch draw
 log-uniformly on [sigma_min, sigma_max] so that the high levels a sampler starts from (and
 where the 1-NFE posterior mean is queried) are trained too (DESIGN.md: +0.9 dB measured).
 
-Conditioning channels: :mod:`exactpost.conditioning` (one path for training and inference);
+Conditioning channels: :mod:`exactpost.core.conditioning` (one path for training and inference);
 new EPS models get ``pivot+aty+mask+xreg`` (A^T y, the certainty map and the regularised
 back-projection x_reg), new Palette models ``xt+aty+mask+xreg``.
 
@@ -30,10 +30,10 @@ from typing import Sequence
 
 import torch
 
-from .. import conditioning as conditioning_
+from ..core import conditioning as conditioning_
 from ..nets.precond import EDMPrecond
-from ..posterior import pivot_from_sigma
-from ..tasks import make_operator, simulate, task_names
+from ..core.posterior import pivot_from_sigma
+from ..core.tasks import make_operator, simulate, task_names
 
 OBJECTIVES = ("prior", "eps", "palette")
 
@@ -65,7 +65,7 @@ class Objective:
         kind: ``prior``, ``eps`` or ``palette``.
         tasks: task ids drawn uniformly per sample (eps/palette).
         sigma_y: a fixed measurement noise, or (lo, hi) drawn uniformly per sample.
-        conditioning: a kind of :data:`exactpost.conditioning.KINDS` (default per objective).
+        conditioning: a kind of :data:`exactpost.core.conditioning.KINDS` (default per objective).
         noise: training noise levels.
     """
 

@@ -16,7 +16,7 @@ with a notice. Outputs (each written atomically): ``mean.png``, ``std.png``,
 ``sample_<i>.png``, ``samples.png`` (all samples in one row), ``measurement.png``
 (``truth.png`` when simulating) and ``restore.json`` with the settings, notices, NFE and
 timings. They are written into a temporary folder beside ``out`` and moved into it only
-when all are written (:func:`exactpost.atomic.staged_folder`), so a disk that fills or a
+when all are written (:func:`exactpost.io.atomic.staged_folder`), so a disk that fills or a
 write that fails leaves ``out`` as it was and no temporary file behind.
 """
 
@@ -30,16 +30,16 @@ from typing import Any, Optional
 
 import torch
 
-from . import zoo
-from .api import TRAINED, Measurement, load, methods
-from .atomic import staged_folder
-from .io.images import save_grid, save_text
-from .memory import check_fits
-from .metrics import restoration_scores
-from .operators import AveragePoolSR, FFTBlur, Inpainting, LinearOperator
-from .sampler_spec import parse_spec
+from ..inference import zoo
+from ..inference.api import TRAINED, Measurement, load, methods
+from ..io.atomic import staged_folder
+from ..io.images import save_grid, save_text
+from ..core.memory import check_fits
+from ..core.metrics import restoration_scores
+from ..operators import AveragePoolSR, FFTBlur, Inpainting, LinearOperator
+from ..core.sampler_spec import parse_spec
 from .restore_inputs import InputError, check_output_dir, read_image, read_kernel, read_lowres, read_mask
-from .tasks import TASKS, make_operator, simulate, task_names
+from ..core.tasks import TASKS, make_operator, simulate, task_names
 from .visualize import STD_WHITE, measurement_image, std_image
 
 
@@ -81,7 +81,7 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     anything when an input is wrong. ``scheduler``: sample eps/palette with a diffusers
     model's own scheduler (:mod:`exactpost.backbones.scheduler_restore`; ``--model`` must be
     a diffusers folder); None: exactpost's samplers. ``sampler``: exactpost's sampler spec
-    for eps/palette (:mod:`exactpost.sampler_spec`; None: eps :data:`~exactpost.sampler_spec.DEFAULT`,
+    for eps/palette (:mod:`exactpost.core.sampler_spec`; None: eps :data:`~exactpost.core.sampler_spec.DEFAULT`,
     palette the legacy EDM Heun)."""
     t0 = time.perf_counter()
     if task not in TASKS:
@@ -96,7 +96,7 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
     if nfe < 2:
         raise InputError(f"--nfe must be >= 2, got {nfe}")
     if scheduler is not None:
-        from .backbones.scheduler_restore import check_scheduler_name  # pure Python (no diffusers import)
+        from ..backbones.scheduler_restore import check_scheduler_name  # pure Python (no diffusers import)
 
         check_scheduler_name(scheduler)
         if method not in TRAINED:
@@ -116,7 +116,7 @@ def run_restore(image: str, task: str, *, model: str = zoo.DEFAULT_MODEL, method
         if not zoo.is_diffusers(entry):
             raise InputError(f"--scheduler drives a diffusers model's own scheduler; {model} is not a diffusers folder "
                              f"(drop --scheduler to use exactpost's sampler)")
-        from .backbones.scheduler_restore import load_scheduler
+        from ..backbones.scheduler_restore import load_scheduler
 
         sched = load_scheduler(entry.path, scheduler)
     size = restorer.network(kind).config.image_size

@@ -38,7 +38,7 @@ class ModelNotFound(ValueError):
 def models_dir() -> Path:
     """The bundled models' folder: ``$EXACTPOST_MODELS`` if set, else ``<repo>/models``."""
     env = os.environ.get(ENV_VAR)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "models"
 
 
 @dataclass(frozen=True)
@@ -69,21 +69,21 @@ def _read_card(path: Path) -> dict[str, Any]:
 
 
 def _diffusers_folder(path: Path) -> bool:
-    from .backbones.layout import is_diffusers_folder  # pure Python: the core never imports diffusers
+    from ..backbones.layout import is_diffusers_folder  # pure Python: the core never imports diffusers
 
     return is_diffusers_folder(path)
 
 
 def _diffusers_card(path: Path) -> dict[str, Any]:
     """exactpost's card of a diffusers folder (a prior's, made on the spot, if it has none)."""
-    from .backbones.layout import BackboneError, CARD_NAME, resolve_folder
+    from ..backbones.layout import BackboneError, CARD_NAME, resolve_folder
 
     try:
         lay = resolve_folder(path)
     except BackboneError as exc:
         raise ModelNotFound(str(exc)) from None
     if lay.card is None:
-        from .backbones.diffusers_unet import file_sha256
+        from ..backbones.diffusers_unet import file_sha256
 
         return {"objective": {"kind": "prior"}, "source": str(path), "sha256": file_sha256(lay.weights)}
     return _read_card(lay.root / CARD_NAME)
@@ -147,10 +147,10 @@ def is_diffusers(entry: ModelEntry) -> bool:
 def load(entry: ModelEntry) -> torch.nn.Module:
     """The network of ``entry`` (an :class:`~exactpost.nets.EDMPrecond`, eval mode)."""
     if _diffusers_folder(entry.path):
-        from .backbones.diffusers_unet import load_backbone
+        from ..backbones.diffusers_unet import load_backbone
 
         return load_backbone(entry.path)[0]
-    from .nets.loading import load_model
+    from ..nets.loading import load_model
 
     model, _ = load_model(entry.path)
     return model
@@ -164,3 +164,15 @@ def demo_images(name: str, root: Path | None = None) -> np.ndarray:
         raise ModelNotFound(f"model {name!r} has no demo images ({path} missing); pass --images with a folder or .npz")
     with np.load(path, allow_pickle=False) as z:
         return z["images"]
+
+
+def find_encoder(family_or_path: str | Path) -> Any:
+    """The encoder of a bundled model family (``models/<family>/encoder``) or at a
+    checkpoint path; None when there is none."""
+    from ..nets.encoder import KIND, load_encoder
+
+    p = Path(family_or_path)
+    for candidate in (p, p / KIND, models_dir() / str(family_or_path) / KIND):
+        if Path(str(candidate) + ".json").exists():
+            return load_encoder(candidate)
+    return None

@@ -13,7 +13,7 @@ is one line: what is wrong and how to fix it) when:
 
 The checks are made once, up front, so a command fails in its first second rather than
 after minutes of sampling or training. They cannot exclude a race with another process or
-a disk that fills later: :mod:`exactpost.atomic` handles those when writing.
+a disk that fills later: :mod:`exactpost.io.atomic` handles those when writing.
 """
 
 from __future__ import annotations

@@ -24,10 +24,10 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from . import zoo
-from .io.images import to_float
-from .operators.base import LinearOperator
+from ..io.images import to_float
+from ..operators.base import LinearOperator
 from .restoration import Restoration, eps_restore, palette_restore
-from .tasks import Measurement, get_task, make_operator, task_names
+from ..core.tasks import Measurement, get_task, make_operator, task_names
 
 #: the methods a model restores with: its trained networks, then the zero-shot baselines on its prior
 TRAINED = ("eps", "palette")
@@ -35,7 +35,7 @@ TRAINED = ("eps", "palette")
 
 def methods() -> list[str]:
     """Every ``method`` :meth:`Model.restore` takes: eps, palette, then every baseline."""
-    from .baselines import METHODS
+    from ..baselines import METHODS
 
     return list(TRAINED) + [m for m in METHODS if m not in TRAINED]
 
@@ -59,7 +59,7 @@ def _as_measurement(y: Union[Measurement, torch.Tensor], task_or_operator: Union
         op = make_operator(spec.name, y.shape[0], image_shape, generator=torch.Generator().manual_seed(0))
         if op.batch_size is not None:
             raise ValueError(f"{spec.name} draws its operator per image (a mask or kernel): pass the operator "
-                             f"(exactpost.tasks.make_operator, or your own) with task={spec.name!r}")
+                             f"(exactpost.core.tasks.make_operator, or your own) with task={spec.name!r}")
         return Measurement(op, y, float(sigma_y), spec.name)
     raise ValueError(f"task_or_operator must be a task id ({', '.join(task_names())}) or a LinearOperator")
 
@@ -123,12 +123,12 @@ class Model:
             nfe: network evaluations per sample (default: 20 for EPS, 100 otherwise).
             method: ``eps``, ``palette`` or a baseline (:func:`methods`).
             generator: all randomness.
-            sampler: the sampler spec of eps/palette (:mod:`exactpost.sampler_spec`; None: theirs).
+            sampler: the sampler spec of eps/palette (:mod:`exactpost.core.sampler_spec`; None: theirs).
             settings: a baseline's settings (e.g. tuned step sizes; :func:`exactpost.baselines.run_method`).
             scheduler: a diffusers scheduler object sampling eps/palette on a diffusers backbone.
             on_sample: called with i after each posterior sample of eps/palette (progress bars).
         Returns:
-            :class:`~exactpost.restoration.Restoration`: ``mean``, ``samples`` [M, B, ...],
+            :class:`~exactpost.inference.restoration.Restoration`: ``mean``, ``samples`` [M, B, ...],
             ``std``, ``nfe`` (per sample), ``seconds``.
         """
         if method not in methods():
@@ -153,8 +153,8 @@ def restore_measurement(method: str, net: torch.nn.Module, card: dict, op: Linea
     and ``palette`` take their trained network and card; every zero-shot baseline of
     :mod:`exactpost.baselines` takes the prior network (``card`` unused) and optional
     ``settings`` (e.g. tuned step sizes; an error for the trained methods). Returns a
-    :class:`~exactpost.restoration.Restoration` (mean, samples [M, B, ...], std, NFE).
-    ``sampler``: the sampler spec of ``eps``/``palette`` (:mod:`exactpost.sampler_spec`; None:
+    :class:`~exactpost.inference.restoration.Restoration` (mean, samples [M, B, ...], std, NFE).
+    ``sampler``: the sampler spec of ``eps``/``palette`` (:mod:`exactpost.core.sampler_spec`; None:
     their defaults; an error for the baselines). ``scheduler``: a diffusers scheduler object
     that samples ``eps``/``palette`` on a diffusers backbone instead
     (:func:`exactpost.backbones.scheduler_restore.scheduler_restore`)."""
@@ -164,7 +164,7 @@ def restore_measurement(method: str, net: torch.nn.Module, card: dict, op: Linea
             raise ValueError("give a sampler spec or a diffusers scheduler, not both")
         if settings:
             raise ValueError(f"{method} takes no baseline settings (got {sorted(settings)})")
-        from .backbones.scheduler_restore import scheduler_restore
+        from ..backbones.scheduler_restore import scheduler_restore
 
         return scheduler_restore(method, net, card, scheduler, op, y, sigma_y, task, n_samples=n_samples, nfe=nfe,
                                  generator=g)

@@ -10,7 +10,7 @@ cache keys of the benches)::
   ``euler`` (K NFE), ``dpmpp2m`` (DPM-Solver++(2M), K NFE; ``eta > 0`` its SDE variant),
   ``dpmpp1`` (first-order DPM-Solver++ = DDIM in sigma, K NFE);
 * SCHEDULE: ``karras`` (default; exponent ``rho``, default 7) or ``loglinear`` (uniform in
-  log sigma); see :mod:`exactpost.schedules`;
+  log sigma); see :mod:`exactpost.core.schedules`;
 * ``smin``: the last positive level (default 0.002), after which the sampler steps to 0 and
   returns the denoised estimate there;
 * ``start``: the first level (the warm start x = m + start e around a mean m); default: the
@@ -18,7 +18,7 @@ cache keys of the benches)::
 * ``churn`` (heun only): EDM's stochastic churn; ``eta`` (dpmpp2m only): SDE noise.
 
 :meth:`SamplerSpec.run` picks K from the NFE budget (the largest K whose NFE fits) and calls
-:func:`exactpost.samplers.heun_sigmas` or :func:`exactpost.samplers.dpmpp_2m`.
+:func:`exactpost.core.samplers.heun_sigmas` or :func:`exactpost.core.samplers.dpmpp_2m`.
 
 :data:`LEGACY` is the sampler used before issue 21 (EDM Heun, rho 7, sigma_min 0.002 from
 sigma_max); :data:`DEFAULT` is the one chosen by measurement on the Gaussian-mixture oracle

@@ -18,14 +18,14 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from . import zoo
-from .api import Measurement, load
-from .io.images import save_grid, save_text
-from .metrics import restoration_scores
+from ..inference import zoo
+from ..inference.api import Measurement, load
+from ..io.images import save_grid, save_text
+from ..core.metrics import restoration_scores
 from .output_paths import check_output_dir
-from .restoration import Restoration
-from .sampler_spec import DEFAULT, parse_spec
-from .tasks import TASKS, task_names
+from ..inference.restoration import Restoration
+from ..core.sampler_spec import DEFAULT, parse_spec
+from ..core.tasks import TASKS, task_names
 from .visualize import STD_WHITE, measurement_image, panel, panel_labels
 
 
@@ -42,7 +42,7 @@ def task_seed(seed: int, task: str) -> int:
 
 def score(res: Restoration, x0: torch.Tensor) -> dict[str, float]:
     """PSNR/SSIM of the mean and (averaged over samples) of the samples, and the samples'
-    CRPS, all averaged over images (:func:`exactpost.metrics.restoration_scores`)."""
+    CRPS, all averaged over images (:func:`exactpost.core.metrics.restoration_scores`)."""
     return restoration_scores(x0, res.mean, res.samples)
 
 
@@ -65,7 +65,7 @@ def run_demo(model: str = zoo.DEFAULT_MODEL, tasks: Optional[Sequence[str]] = No
     """Run the demo and write its files under ``out``; returns the results dict.
 
     ``images`` [N, 3, H, W] in [-1, 1] overrides the model's bundled demo images. ``sampler``:
-    the EPS sampler spec (:mod:`exactpost.sampler_spec`; None: its DEFAULT)."""
+    the EPS sampler spec (:mod:`exactpost.core.sampler_spec`; None: its DEFAULT)."""
     t_start = time.perf_counter()
     tasks = list(tasks) if tasks else task_names()
     for t in tasks:

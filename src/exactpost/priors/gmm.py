@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .interpolants import Interpolant
+from ..core.interpolants import Interpolant
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -276,7 +276,7 @@ class GMMEPSOracle:
     """The exact EPS network for a mixture prior: net(mu, cond, sigma) = E[x0 | z = mu] with
     z = x0 + N(0, Sigma*(sigma)), Sigma* built densely from the operator (or, for a prior with
     covariances c I and a shared operator, applied through A's SVD in O(B d r)). Plug it into
-    :class:`exactpost.posterior.EPSPosteriorDenoiser` in place of a trained network.
+    :class:`exactpost.core.posterior.EPSPosteriorDenoiser` in place of a trained network.
 
     Args:
         prior: the mixture.
@@ -319,7 +319,7 @@ class GMMEPSOracle:
         return self.prior._combine(z, solve(z), solve(self.prior.means))
 
     def __call__(self, mu: torch.Tensor, cond, sigma: torch.Tensor) -> torch.Tensor:
-        from .posterior import sigma_star_dense
+        from ..core.posterior import sigma_star_dense
 
         sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
         if sig.numel() == 1:

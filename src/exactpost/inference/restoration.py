@@ -2,12 +2,12 @@
 samples and the per-pixel posterior standard deviation, for EPS and for Palette.
 
 EPS (the default): the network was trained to denoise the pivot mu* (see
-:mod:`exactpost.posterior`), so ``EPSPosteriorDenoiser`` is a plain denoiser of
+:mod:`exactpost.core.posterior`), so ``EPSPosteriorDenoiser`` is a plain denoiser of
 p(x_t | y) and any sampler of the backbone samples the posterior.
 
 - posterior mean: one call at sigma_max (1 NFE): D~(s(T) e, T) -> E[x0 | y];
-- samples: a sampler of :mod:`exactpost.sampler_spec` on the posterior denoiser (default
-  :data:`~exactpost.sampler_spec.DEFAULT`, DPM-Solver++(2M) on a log-linear schedule down
+- samples: a sampler of :mod:`exactpost.core.sampler_spec` on the posterior denoiser (default
+  :data:`~exactpost.core.sampler_spec.DEFAULT`, DPM-Solver++(2M) on a log-linear schedule down
   to sigma 0.03, one evaluation per level, chosen on the Gaussian-mixture oracle; ``"legacy"``
   is EDM Heun, rho 7, 2 N - 1 evaluations for N levels), started at sigma_max from
   N(mean, sigma_max^2 I) (the exact start), with ``nfe - 1`` evaluations so that, counting
@@ -28,11 +28,11 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .interpolants import EDM
-from .operators.base import LinearOperator
-from .posterior import EPSPosteriorDenoiser
-from .sampler_spec import DEFAULT, LEGACY, SamplerSpec, parse_spec, with_start
-from .conditioning import build_conditioning, card_task_index
+from ..core.interpolants import EDM
+from ..operators.base import LinearOperator
+from ..core.posterior import EPSPosteriorDenoiser
+from ..core.sampler_spec import DEFAULT, LEGACY, SamplerSpec, parse_spec, with_start
+from ..core.conditioning import build_conditioning, card_task_index
 
 SIGMA_MAX = 80.0
 
@@ -132,8 +132,8 @@ def eps_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.T
     around the mean and the start is an approximation whose cost is measured by
     ``benchmarks/ablations.py``.
 
-    ``sampler``: a :class:`~exactpost.sampler_spec.SamplerSpec` or its text form (None: the
-    measured default :data:`~exactpost.sampler_spec.DEFAULT`; ``"legacy"``: EDM Heun, rho 7,
+    ``sampler``: a :class:`~exactpost.core.sampler_spec.SamplerSpec` or its text form (None: the
+    measured default :data:`~exactpost.core.sampler_spec.DEFAULT`; ``"legacy"``: EDM Heun, rho 7,
     as before issue 21); it gets ``nfe - 1`` evaluations."""
     t0 = time.perf_counter()
     tid, syv, cond = _prepare(net, card, "eps", op, y, sigma_y, task, n_samples, nfe, minimum_nfe=2)
@@ -164,7 +164,7 @@ def palette_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: tor
                     sampler: str | SamplerSpec | None = None) -> Restoration:
     """Palette: one call at sigma_max as the mean, and ``n_samples`` samples from pure noise
     with ``nfe`` NFE each (the conditional network as a plain denoiser), by ``sampler`` (None:
-    EDM Heun, rho 7, :data:`~exactpost.sampler_spec.LEGACY`; the EPS default was chosen for
+    EDM Heun, rho 7, :data:`~exactpost.core.sampler_spec.LEGACY`; the EPS default was chosen for
     EPS and is not measured for Palette)."""
     t0 = time.perf_counter()
     tid, syv, cond = _prepare(net, card, "palette", op, y, sigma_y, task, n_samples, nfe, minimum_nfe=1)

@@ -28,7 +28,7 @@ import torch
 
 from .batching import batch_vector, per_sample
 from .interpolants import Denoiser, Interpolant, noise_levels  # noqa: F401 (noise_levels re-exported)
-from .operators.base import LinearOperator
+from ..operators.base import LinearOperator
 
 Scalar = Union[float, torch.Tensor]
 #: An EPS network: ``net(pivot, cond, sigma) -> x0_hat`` with pivot [B, *in_shape],
@@ -126,7 +126,7 @@ def sigma_star_dense(op: LinearOperator, sigma: float, sigma_y: float,
 def default_conditioning(op: LinearOperator, y: torch.Tensor) -> torch.Tensor:
     """The conditioning passed to an EPS network when none is given: A^T y, image-shaped
     ([B, *in_shape]), computed once per measurement. Networks trained by exactpost get
-    theirs from :func:`exactpost.conditioning.build_conditioning` (their card's kind)."""
+    theirs from :func:`exactpost.core.conditioning.build_conditioning` (their card's kind)."""
     return op.At(y)
 
 
@@ -134,7 +134,7 @@ class EPSPosteriorDenoiser:
     """The posterior denoiser of EPS: D~(x_t, t) = net(mu*(x_t, t, y), cond, sigma(t)).
 
     It is a plain denoiser ``D(x_t, t) -> E[x0 | x_t, y]``, so every sampler of
-    :mod:`exactpost.samplers` runs it unchanged; its score is (a D~ - x_t) / s^2.
+    :mod:`exactpost.core.samplers` runs it unchanged; its score is (a D~ - x_t) / s^2.
 
     Args:
         network: ``net(pivot, cond, sigma) -> x0_hat`` (see :data:`EPSNetwork`).

@@ -38,7 +38,7 @@ Distribution-level scores:
 :func:`spread_skill`: sqrt((M+1)/M * mean sample variance) / RMSE of the sample mean; 1 for
     samples exchangeable with the truth (calibrated), > 1 over-dispersed, < 1 over-confident.
 :func:`frechet_distance`: the Frechet (2-Wasserstein) distance between Gaussians fitted to
-    two feature sets; with features from :mod:`exactpost.encoder` this is the project's
+    two feature sets; with features from :mod:`exactpost.nets.encoder` this is the project's
     "encoder Frechet distance" (not Inception FID: a small classifier trained here).
 """
 

@@ -2,7 +2,7 @@
 training, inference, the demo, ``restore`` and the benchmarks.
 
 An EPS network denoises the pivot mu* under the noise covariance
-Sigma* = sigma_y^2 (rho I + A^T A)^{-1} (see :mod:`exactpost.posterior`), so it must be given
+Sigma* = sigma_y^2 (rho I + A^T A)^{-1} (see :mod:`exactpost.core.posterior`), so it must be given
 what determines Sigma* -- the operator -- in a form it can use. The channels below are
 computed once per measurement, at data scale (never scaled by the network's c_in), and
 concatenated to the network input. A *kind* names the network's first input and the
@@ -38,7 +38,7 @@ from typing import Mapping, Optional, Union
 
 import torch
 
-from .operators.base import LinearOperator
+from ..operators.base import LinearOperator
 from .tasks import task_names
 
 #: channels of each conditioning part
@@ -125,7 +125,7 @@ def build_conditioning(kind: str, op: LinearOperator, y: torch.Tensor,
 # --- task embeddings ------------------------------------------------------------------------
 def task_embedding_index(task: str) -> int:
     """The task-embedding row of ``task``: its position in the task registry
-    (:func:`exactpost.tasks.task_names`). Training and inference both call this (inference
+    (:func:`exactpost.core.tasks.task_names`). Training and inference both call this (inference
     through the map recorded in the card, :func:`card_task_index`)."""
     known = task_names()
     if task not in known:

@@ -356,7 +356,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     Refused with :class:`InputError`: an existing file, an existing non-empty folder
     (unless ``overwrite=True``), a dangling or looping symbolic link, a path below an
     existing file, or a folder whose nearest existing ancestor is not writable (see
-    :func:`exactpost.output_paths.check_output_dir`). Returns ``Path(path)``.
+    :func:`exactpost.app.output_paths.check_output_dir`). Returns ``Path(path)``.
     """
     try:
         return output_paths.check_output_dir(path, overwrite=overwrite)

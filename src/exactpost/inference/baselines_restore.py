@@ -10,10 +10,10 @@ from typing import Optional
 
 import torch
 
-from .baselines import get_method, run_method
-from .interpolants import EDM
-from .nets.precond import as_denoiser
-from .operators.base import LinearOperator
+from ..baselines import get_method, run_method
+from ..core.interpolants import EDM
+from ..nets.precond import as_denoiser
+from ..operators.base import LinearOperator
 from .restoration import Restoration
 
 

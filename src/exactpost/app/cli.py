@@ -7,7 +7,7 @@ Errors and exit codes
             damaged file, an output path that cannot be written, a request too large for
             the memory, a disk that fills while writing. One line ``exactpost: error: ...``
             on stderr says what is wrong and how to fix it; no traceback. Outputs written
-            before the failure are left as they were (see :mod:`exactpost.atomic`).
+            before the failure are left as they were (see :mod:`exactpost.io.atomic`).
     ``1``   a bug: the Python traceback, then one line asking to report it.
     ``130`` interrupted (Ctrl-C); ``128 + N`` training stopped cleanly by signal N (e.g. 143
             for SIGTERM) with its state saved.
@@ -37,11 +37,11 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import argtypes
 from .output_paths import check_output_dir, check_output_file
-from .io.checkpoint import CheckpointError
-from .io.images import DataError
-from .sampler_spec import DEFAULT as DEFAULT_SAMPLER
-from .sampler_spec import parse_spec, syntax_help
-from .training.stop import TrainingStopped
+from ..io.checkpoint import CheckpointError
+from ..io.images import DataError
+from ..core.sampler_spec import DEFAULT as DEFAULT_SAMPLER
+from ..core.sampler_spec import parse_spec, syntax_help
+from ..training.stop import TrainingStopped
 
 #: environment variable that turns on full tracebacks (like ``--debug``)
 DEBUG_ENV = "EXACTPOST_DEBUG"
@@ -149,7 +149,7 @@ def _checked_list(parse: Callable[[str], list]) -> Callable[[str], list]:
 
 def _train_parsers() -> dict[str, Callable[[str], Any]]:
     """TrainConfig field -> parser of its command-line text (with a ``check`` for config values)."""
-    from .training.precision import PRECISIONS
+    from ..training.precision import PRECISIONS
 
     nonneg_int = lambda why="": _checked_number(int, lo=0, why=why)  # noqa: E731
     return {
@@ -239,7 +239,7 @@ NOT_OPTIONS = ("progress", "command")
 
 
 def _train_fields() -> list[dataclasses.Field]:
-    from .training.loop import TrainConfig
+    from ..training.loop import TrainConfig
 
     return [f for f in dataclasses.fields(TrainConfig) if f.name not in NOT_OPTIONS]
 
@@ -253,9 +253,9 @@ def _fmt_default(value: Any) -> str:
 
 
 def _train_help(name: str, default: Any) -> str:
-    from .conditioning import DEFAULT_KIND, KINDS
-    from .nets import PRESETS
-    from .tasks import task_names
+    from ..core.conditioning import DEFAULT_KIND, KINDS
+    from ..nets import PRESETS
+    from ..core.tasks import task_names
 
     text = TRAIN_HELP.get(name)
     if text is None:  # a new TrainConfig field without help: tests/test_cli_bad_input.py catches this
@@ -268,7 +268,7 @@ def _train_help(name: str, default: Any) -> str:
 
 
 def _add_train_flags(p: argparse.ArgumentParser, objective_default: str | None) -> None:
-    from .training.loop import TrainConfig
+    from ..training.loop import TrainConfig
 
     defaults = TrainConfig()
     p.add_argument("--config", metavar="FILE.json",
@@ -302,7 +302,7 @@ def _parse_flag(name: str, text: str, default: Any) -> Any:
 
 def _check_train_values(cfg: Any, from_flags: set[str], config_path: Optional[Path]) -> None:
     """The ranges of every training setting, whether it came from an option or --config."""
-    from .training.loop import TrainConfig
+    from ..training.loop import TrainConfig
 
     defaults = TrainConfig()
     parsers = _train_parsers()
@@ -341,7 +341,7 @@ def _read_config(path: Path) -> dict:
 
 
 def _train_config(args: argparse.Namespace, argv: Sequence[str]):
-    from .training.loop import TrainConfig
+    from ..training.loop import TrainConfig
 
     defaults = TrainConfig()
     config_path = Path(args.config) if args.config else None
@@ -366,7 +366,7 @@ def _train_config(args: argparse.Namespace, argv: Sequence[str]):
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .training.loop import train
+    from ..training.loop import train
 
     cfg = _train_config(args, argv)
     if args.command == "finetune" and not cfg.init_from:
@@ -374,10 +374,10 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     run = Path(cfg.run_dir)
     existed = run.exists()
     try:
-        from .backbones.layout import is_diffusers_folder  # pure Python (no diffusers import)
+        from ..backbones.layout import is_diffusers_folder  # pure Python (no diffusers import)
 
         if cfg.init_from and is_diffusers_folder(cfg.init_from):  # a diffusers UNet2DModel folder
-            from .backbones.finetune import finetune_command
+            from ..backbones.finetune import finetune_command
             return finetune_command(cfg)
         metrics = train(cfg)
     except BaseException:
@@ -400,12 +400,12 @@ SAMPLE_CHUNK = 64
 def cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import torch
 
-    from .io.images import save_grid
-    from .interpolants import EDM
-    from .memory import check_fits
-    from .nets.precond import as_denoiser
-    from .samplers import edm_heun
-    from .nets.loading import load_model
+    from ..io.images import save_grid
+    from ..core.interpolants import EDM
+    from ..core.memory import check_fits
+    from ..nets.precond import as_denoiser
+    from ..core.samplers import edm_heun
+    from ..nets.loading import load_model
 
     out = check_output_file(args.out)
     model, card = load_model(args.model)
@@ -433,7 +433,7 @@ def _fmt_int(v) -> str:
 
 
 def cmd_models(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from . import zoo
+    from ..inference import zoo
 
     entries = zoo.list_models()
     if args.json:
@@ -503,13 +503,13 @@ def cmd_restore(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .bench import gmm_bench, images_bench
+    from ..bench import gmm_bench, images_bench
 
     return {"gmm": gmm_bench.run, "images": images_bench.run}[args.bench](args)
 
 
 def _sampler_spec(text: str) -> str:
-    """``--sampler``: a sampler spec (:mod:`exactpost.sampler_spec`) -> its canonical name;
+    """``--sampler``: a sampler spec (:mod:`exactpost.core.sampler_spec`) -> its canonical name;
     a bad spec is a one-line usage error."""
     try:
         return parse_spec(text).name
@@ -519,8 +519,8 @@ def _sampler_spec(text: str) -> str:
 
 def method_help() -> str:
     """The help of ``restore --method``: every method by name, from the registries
-    (:func:`exactpost.api.methods`: the trained networks, then :mod:`exactpost.baselines`)."""
-    from .api import TRAINED, methods
+    (:func:`exactpost.inference.api.methods`: the trained networks, then :mod:`exactpost.baselines`)."""
+    from ..inference.api import TRAINED, methods
 
     baselines = [m for m in methods() if m not in TRAINED]
     return ("eps (the trained EPS network), palette (the trained Palette network), or a zero-shot baseline on "
@@ -584,12 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = command("bench", "benchmarks (gmm: the Gaussian-mixture protocol with exact posteriors; images: "
                          "test images)")
     bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    from .bench import gmm_bench
+    from ..bench import gmm_bench
 
     gmm_bench.add_arguments(bsub.add_parser("gmm", formatter_class=_HelpFormatter,
                                             help="MCGdiff mixture benchmark: EPS and every baseline against the "
                                                  "exact posterior"))
-    from .bench import images_bench
+    from ..bench import images_bench
 
     images_bench.add_arguments(bsub.add_parser("images", formatter_class=_HelpFormatter,
                                                help="EPS, Palette and every baseline on test images: PSNR, SSIM, "
@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: refuse)")
     r.add_argument("--threads", type=argtypes.int_range(0), default=0,
                    help="torch CPU threads, >= 0 (default: 0 = torch's choice)")
-    from . import encoder
+    from . import train_encoder as encoder
 
     encoder.add_arguments(command("train-encoder", "train the small classifier whose features give the encoder "
                                                    "Frechet distance of `bench images`"))
@@ -651,7 +651,7 @@ def _all_parsers(ap: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
 
 
 def cmd_train_encoder(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from . import encoder
+    from . import train_encoder as encoder
 
     return encoder.run(args, "exactpost " + " ".join(shlex.quote(a) for a in argv))
 

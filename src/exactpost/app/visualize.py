@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .operators import AveragePoolSR, Inpainting
-from .operators.base import LinearOperator
+from ..operators import AveragePoolSR, Inpainting
+from ..operators.base import LinearOperator
 
 #: Posterior std (in [-1, 1] image units, averaged over channels) shown as white.
 STD_WHITE = 0.5

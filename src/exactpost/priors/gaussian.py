@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from .operators.base import CGInfo, LinearOperator, conjugate_gradient
+from ..operators.base import CGInfo, LinearOperator, conjugate_gradient
 
 
 @dataclass

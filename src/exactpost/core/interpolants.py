@@ -30,7 +30,7 @@ Time = Union[float, torch.Tensor]
 class Denoiser(Protocol):
     """A denoiser ``D(x_t, t) -> x0_hat`` in an interpolant's coordinates: x_t [B, ...] at time
     t, a [B] tensor (samplers and baselines pass one; the posterior denoisers of
-    :mod:`exactpost.posterior` also take a float), returning the estimate of x0, x_t's shape.
+    :mod:`exactpost.core.posterior` also take a float), returning the estimate of x0, x_t's shape.
     Any such callable qualifies (a function, a lambda, an nn.Module): the one type the
     samplers, the posterior denoisers and the baselines share."""
 

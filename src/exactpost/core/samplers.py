@@ -10,7 +10,7 @@ All samplers start at noise level ``sigma_max`` (sigma = s/a; mapped to a time w
 and end with clean samples. The exact marginal at T has mean a(T) E[x0] (E[x0 | y] for a
 posterior), so starting from zero mean costs a start-up error that shrinks only as
 |E[x0]| / sigma_max; passing m = the 1-NFE posterior mean (see
-:func:`exactpost.posterior.EPSPosteriorDenoiser.posterior_mean`) removes most of it.
+:func:`exactpost.core.posterior.EPSPosteriorDenoiser.posterior_mean`) removes most of it.
 
 * :func:`edm_heun`, :func:`edm_euler`: Karras et al. (2022), Algorithms 1 and 2, on the
   sigma grid sigma_i = (sigma_max^(1/r) + i/(N-1) (sigma_min^(1/r) - sigma_max^(1/r)))^r,
@@ -19,7 +19,7 @@ posterior), so starting from zero mean costs a start-up error that shrinks only 
   ``churn > 0`` adds EDM's stochastic churn. Both are :func:`heun_sigmas` on that grid.
 * :func:`heun_sigmas`, :func:`dpmpp_2m`: Heun/Euler (with churn) and DPM-Solver++(2M)
   (ODE, or SDE with ``eta > 0``) through an explicit sequence of noise levels ``sigmas``
-  (:mod:`exactpost.schedules`), for any interpolant; :mod:`exactpost.sampler_spec` names
+  (:mod:`exactpost.core.schedules`), for any interpolant; :mod:`exactpost.core.sampler_spec` names
   configurations of them by NFE budget.
 * :func:`ddim` (eta), :func:`ddpm`: Song et al. (2021) / Ho et al. (2020), written for any
   interpolant: from t to t' < t,
@@ -168,7 +168,7 @@ def heun_sigmas(
 ) -> SampleResult:
     """Euler or Heun (Karras et al. 2022, Algorithms 1 and 2) on the probability-flow ODE
     dx~/dsigma = (x~ - D(x~, sigma)) / sigma of x~ = x_t / a, through the levels ``sigmas``
-    (see :mod:`exactpost.schedules`), so it serves every interpolant.
+    (see :mod:`exactpost.core.schedules`), so it serves every interpolant.
 
     Step sigma -> sigma' with d = (x~ - D(x~, sigma)) / sigma: Euler x~' = x~ + (sigma' - sigma) d;
     Heun adds d' at the Euler point and uses (d + d') / 2, except on the step to sigma' = 0,

@@ -2,7 +2,7 @@
 
 A schedule is a plain list of floats (sigma = s/a, the interpolant-free noise level), strictly
 decreasing and positive, optionally ending with 0 (the last step then lands on x0). The
-samplers of :mod:`exactpost.samplers` that take ``sigmas=`` step through exactly these levels.
+samplers of :mod:`exactpost.core.samplers` that take ``sigmas=`` step through exactly these levels.
 
 * :func:`karras_sigmas` (Karras et al. 2022, eq. 5):
   sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
