@@ -19,6 +19,7 @@ import torch
 
 from exactpost.inference import zoo
 from exactpost.bench import images_bench as ib
+from exactpost.bench import images_cells, images_config, images_setup
 from exactpost.app.cli import build_parser, main
 from exactpost.app.demo import task_seed
 from exactpost.core.metrics import crps, frechet_distance, mmd2, mmd2_paired, psnr
@@ -35,13 +36,13 @@ BASE = ["bench", "images", "--model", "tiny-32", "--data", "demo", "--images", "
 def calls(monkeypatch):
     """Counts restore_batch calls as (task, method, nfe) tuples."""
     seen: list[tuple] = []
-    real = ib.restore_batch
+    real = images_cells.restore_batch
 
     def counting(setup, cell, op, y, g):
         seen.append((cell.task, cell.method, cell.nfe))
         return real(setup, cell, op, y, g)
 
-    monkeypatch.setattr(ib, "restore_batch", counting)
+    monkeypatch.setattr(images_cells, "restore_batch", counting)
     return seen
 
 
@@ -92,7 +93,7 @@ def test_sliced_operator_is_the_batch_of_the_full_operator(task):
     x = torch.randn(5, 3, 32, 32, generator=g)
     y = op.A(x)
     for i, j in ib.batch_ranges(5, 2):
-        sub = ib.slice_operator(op, i, j)
+        sub = images_config.slice_operator(op, i, j)
         assert torch.allclose(sub.A(x[i:j]), y[i:j], atol=1e-6)  # FFTs of another batch size: round-off
         assert torch.allclose(sub.solve(x[i:j], 0.3), op.solve(x, 0.3)[i:j], atol=1e-6)
 
@@ -139,9 +140,9 @@ def test_run_writes_the_table_and_its_numbers_recheck(models_env, tmp_path, caps
         net = zoo.load(entry)
         parts = []
         for b, (i, j) in enumerate(ib.batch_ranges(3, 2)):
-            gb = torch.Generator().manual_seed(ib.batch_seed(0, task, method, 3, b))
-            parts.append(restore_measurement(method, net, entry.card, ib.slice_operator(op, i, j), y[i:j], 0.05, task,
-                                             n_samples=2, nfe=3, generator=gb).samples)
+            gb = torch.Generator().manual_seed(images_config.batch_seed(0, task, method, 3, b))
+            parts.append(restore_measurement(method, net, entry.card, images_config.slice_operator(op, i, j), y[i:j],
+                                             0.05, task, n_samples=2, nfe=3, generator=gb).samples)
         samples = torch.cat(parts, dim=1)
         r = by[(task, method)]
         assert r["psnr"] == pytest.approx(float(psnr(samples.mean(0), x0).mean()), abs=1e-9)
@@ -234,7 +235,7 @@ def test_resume_recomputes_nothing_then_only_new_cells_and_continues_a_killed_ce
     calls.clear()
 
     # a kill in the second batch of a new cell: the rerun redoes only that batch
-    real = ib.restore_batch
+    real = images_cells.restore_batch
     count = {"n": 0}
 
     def dies_on_second(setup, cell, op, y, g):
@@ -243,7 +244,7 @@ def test_resume_recomputes_nothing_then_only_new_cells_and_continues_a_killed_ce
             raise KeyboardInterrupt
         return real(setup, cell, op, y, g)
 
-    monkeypatch.setattr(ib, "restore_batch", dies_on_second)
+    monkeypatch.setattr(images_cells, "restore_batch", dies_on_second)
     assert _run(prefix, "--tasks", "sr4", "--methods", "eps,ddnm,mpgd,pigdm", "--nfe", "3") == 130
     assert (prefix.parent / "res.cache" / "partial" / "sr4__pigdm__nfe3" / "batch_00000.npz").is_file()
     again = {"n": 0}
@@ -252,7 +253,7 @@ def test_resume_recomputes_nothing_then_only_new_cells_and_continues_a_killed_ce
         again["n"] += 1
         return real(setup, cell, op, y, g)
 
-    monkeypatch.setattr(ib, "restore_batch", counting)
+    monkeypatch.setattr(images_cells, "restore_batch", counting)
     assert _run(prefix, "--tasks", "sr4", "--methods", "eps,ddnm,mpgd,pigdm", "--nfe", "3") == 0
     assert again["n"] == 1
     assert not (prefix.parent / "res.cache" / "partial" / "sr4__pigdm__nfe3").exists()
@@ -424,14 +425,14 @@ def test_default_tuned_file_is_the_one_tuned_for_this_prior(tmp_path, monkeypatc
 
     write("baseline_tuning.json", "faces", 0.25)
     write("baseline_tuning_cifar.json", "cifar", 0.5)
-    monkeypatch.setattr(ib, "DEFAULT_TUNED", tmp_path / "baseline_tuning.json")
+    monkeypatch.setattr(images_setup, "DEFAULT_TUNED", tmp_path / "baseline_tuning.json")
     cfg = SimpleNamespace(tuned=None)  # load_tuned reads only cfg.tuned
     for sha, eta in (("faces", 0.25), ("cifar", 0.5)):
         notices: list[str] = []
-        tuned, path = ib.load_tuned(cfg, sha, notices)
+        tuned, path = images_setup.load_tuned(cfg, sha, notices)
         assert tuned == {"ddnm": {"sr4": {"eta": eta}}} and notices == []
     notices = []
-    assert ib.load_tuned(cfg, "other", notices) == ({}, None)
+    assert images_setup.load_tuned(cfg, "other", notices) == ({}, None)
     assert len(notices) == 1 and "registry defaults" in notices[0]
 
 
