@@ -35,7 +35,16 @@ from typing import Callable
 
 import torch
 
-from ..operators import AveragePoolSR, Colorization, CompressedSensing, DenseOperator, Denoising, FFTBlur, Inpainting, LinearOperator
+from ..operators import (
+    AveragePoolSR,
+    Colorization,
+    CompressedSensing,
+    DenseOperator,
+    Denoising,
+    FFTBlur,
+    Inpainting,
+    LinearOperator,
+)
 
 SUPPORTED = (Inpainting, Denoising, AveragePoolSR, Colorization, CompressedSensing, FFTBlur,
              DenseOperator)

@@ -33,7 +33,16 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .batching import per_sample
-from ..operators import AveragePoolSR, FFTBlur, Inpainting, LinearOperator, box_mask, gaussian_kernel, motion_kernels, random_mask
+from ..operators import (
+    AveragePoolSR,
+    FFTBlur,
+    Inpainting,
+    LinearOperator,
+    box_mask,
+    gaussian_kernel,
+    motion_kernels,
+    random_mask,
+)
 from ..operators._common import check_positive_int, check_shape_tuple, generator_device
 
 Seed = Union[torch.Generator, int, None]

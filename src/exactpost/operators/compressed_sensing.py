@@ -7,7 +7,15 @@ from typing import Sequence
 import torch
 
 from ..core.batching import per_sample
-from ._common import StructuredOperator, as_tensor_param, check_batch_size, check_positive_int, check_shape_tuple, generator_device, prod
+from ._common import (
+    StructuredOperator,
+    as_tensor_param,
+    check_batch_size,
+    check_positive_int,
+    check_shape_tuple,
+    generator_device,
+    prod,
+)
 
 
 def random_orthonormal_matrix(m: int, d: int, batch_size: int | None = None,
