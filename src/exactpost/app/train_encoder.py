@@ -10,7 +10,6 @@ from typing import Any, Optional
 import torch
 
 from ..io.images import DataError, load_images
-from ..training.encoder import load_labels, train_encoder
 from . import argtypes
 
 
@@ -54,6 +53,8 @@ def _split(text: Optional[str]) -> Optional[list[int]]:
 def run(args: Any, command: str) -> int:
     """``exactpost train-encoder``: train (or resume) and report accuracies; errors in the
     inputs raise DataError/CheckpointError/ValueError (the CLI prints one line, exits 2)."""
+    from ..training.encoder import load_labels, train_encoder  # here: building the CLI's parser needs no model code
+
     if args.threads:
         torch.set_num_threads(args.threads)
     split = _split(args.data_split)

@@ -222,7 +222,7 @@ def find_encoder(model: str) -> tuple[Any, str]:
     try:
         from ..core.metrics import frechet_distance  # noqa: F401 - needed for FD
         from ..inference.zoo import find_encoder as _find
-        from ..nets import encoder  # noqa: F401 - the encoder's architecture
+        from ..nets.encoder import load_encoder  # noqa: F401 - the encoder's architecture
     except ImportError as exc:
         return None, f"no encoder module ({exc.__class__.__name__}: {exc})"
     try:
