@@ -1,5 +1,5 @@
 """Where EPS's calibration error lives on inpainting: coverage and spread/skill
-(:mod:`exactpost.metrics`) on the observed and on the missing pixels separately.
+(:mod:`exactpost.core.metrics`) on the observed and on the missing pixels separately.
 
 The first ``--images`` test images of ``bench images`` (same data, measurement and seed as
 ``exactpost bench images --tasks inpaint-random``), K = ``--samples`` EPS samples per image at
@@ -23,9 +23,9 @@ import torch
 
 from exactpost.bench import images_bench as ib
 from exactpost.bench.gmm_bench import derived_seed
-from exactpost.imageio import save_text
-from exactpost.metrics import exchangeable_coverage, rank_interval_coverage, spread_skill
-from exactpost.restoration import eps_restore
+from exactpost.io.images import save_text
+from exactpost.core.metrics import exchangeable_coverage, rank_interval_coverage, spread_skill
+from exactpost.inference.restoration import eps_restore
 
 
 def split_scores(samples: torch.Tensor, truth: torch.Tensor, observed: torch.Tensor) -> dict:

@@ -33,9 +33,9 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from exactpost.imageio import save_text  # noqa: E402
-from exactpost.training.data import load_images, to_float  # noqa: E402
-from exactpost.training.loop import load_model  # noqa: E402
+from exactpost.io.images import save_text  # noqa: E402
+from exactpost.io.images import load_images, to_float  # noqa: E402
+from exactpost.nets import load_model  # noqa: E402
 
 SIGMA_DATA = 0.5
 
