@@ -119,24 +119,14 @@ Z = 1.96
 
 
 # --- command line ---------------------------------------------------------------------
-def _int_list(text: str) -> list[int]:
-    try:
-        out = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``exactpost bench gmm`` to ``parser``."""
-    parser.add_argument("--dims", type=_int_list, default=[8, 80, 800],
+    parser.add_argument("--dims", type=argtypes.int_list(), default=[8, 80, 800],
                         help="comma-separated dimensions d (even; default 8,80,800; 800 is slow)")
-    parser.add_argument("--dys", type=_int_list, default=[1, 2, 4],
+    parser.add_argument("--dys", type=argtypes.int_list(), default=[1, 2, 4],
                         help="comma-separated measurement sizes dy (default 1,2,4)")
     parser.add_argument("--problems", type=argtypes.int_range(1), default=20, help="problems per setting (default 20)")
-    parser.add_argument("--nfe", type=_int_list, default=[20, 100],
+    parser.add_argument("--nfe", type=argtypes.int_list(), default=[20, 100],
                         help="comma-separated NFE budgets (default 20,100)")
     parser.add_argument("--methods", default="all",
                         help=f"comma-separated methods or 'all' ({', '.join(ALL_METHODS)}); the noise "

@@ -34,16 +34,6 @@ PLOTS_HINT = "pip install 'exactpost[plots]'"
 
 
 # --- command line ---------------------------------------------------------------------
-def _int_list(text: str) -> list[int]:
-    try:
-        out = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
-    return out
-
-
 def _str_list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
@@ -57,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated task ids (default: all five; with --sweep inpaint-random,sr4)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated methods (default: eps, palette and every zero-shot baseline)")
-    parser.add_argument("--nfe", type=_int_list, default=None,
+    parser.add_argument("--nfe", type=argtypes.int_list(), default=None,
                         help="comma-separated NFE budgets, every method at each (default: the paper protocol, "
                              f"eps at {EPS_NFE}, the others at {OTHER_NFE}, dps also at {DPS_EXTRA_NFE}; "
                              f"with --sweep {','.join(map(str, SWEEP_NFE))})")
@@ -77,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "test split or test_images array); 'demo': the family's bundled demo images")
     parser.add_argument("--test-key", default=None,
                         help="array of the .npz holding the test images (default: see --data)")
-    parser.add_argument("--test-split", type=_int_list, default=None,
+    parser.add_argument("--test-split", type=argtypes.int_list(), default=None,
                         help="rows of the .npz's 'split' array to use (default 2, the test split)")
     parser.add_argument("--tuned", default=None,
                         help="baseline settings JSON of benchmarks/tune_baselines.py (default: "
