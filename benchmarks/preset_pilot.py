@@ -50,18 +50,6 @@ def _wall_times(run: Path) -> dict[int, float]:
     return out
 
 
-def _wall_at(times: dict[int, float], step: int) -> float | None:
-    """Wall time at ``step``: logged exactly, else linear between the neighbouring log lines."""
-    if step in times:
-        return times[step]
-    below = [s for s in times if s < step]
-    above = [s for s in times if s > step]
-    if not below or not above:
-        return None
-    a, b = max(below), min(above)
-    return times[a] + (times[b] - times[a]) * (step - a) / (b - a)
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x0: torch.Tensor, sigmas: list[float], seed: int) -> dict:
     """PSNR per sigma and the EDM-weighted loss averaged over ``sigmas`` (see the module doc)."""
@@ -130,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             step = int(snap.name.split("-")[1])
             model, card = load_model(snap)
             ev = evaluate(model, x0, sigmas, args.seed)
-            rows.append(dict(label=label, run=run, step=step, wall_time_s=_wall_at(times, step),
+            rows.append(dict(label=label, run=run, step=step, wall_time_s=_interp(sorted(times.items()), step),
                              params=card.get("params"), **ev))
             print(f"{label} step {step}: loss {ev['loss']:.4f} psnr {ev['psnr']}", flush=True)
     out = Path(args.out)
