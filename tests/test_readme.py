@@ -38,3 +38,37 @@ def test_readme_bundled_model_example_runs(capsys):
     assert out.x0.shape == (4, 3, 32, 32) and out.nfe + 1 == 20
     assert bool(torch.isfinite(out.x0).all())
     assert "torch.Size([4, 3, 32, 32]) 20" in capsys.readouterr().out
+
+
+def _model_table_rows() -> dict[tuple[str, str], str]:
+    """{(model, kind): the row's text} of the README's "Bundled models" table."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {}
+    for m in re.finditer(r"^\| `([\w.-]+)` \| (prior|eps|palette) \|(.*)$", text, re.M):
+        rows[(m.group(1), m.group(2))] = m.group(3)
+    return rows
+
+
+def test_readme_model_table_agrees_with_the_cards():
+    """Every bundled model has a README row that states its card's steps and images seen
+    (the last training phase: ``{steps:,} steps`` and ``{images_seen / 1000:.0f}k``)."""
+    import json
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    rows = _model_table_rows()
+    cards = sorted(models.glob("*/*.json"))
+    checked = 0
+    for card_path in cards:
+        if card_path.stem not in ("prior", "eps", "palette"):
+            continue
+        card = json.loads(card_path.read_text())
+        key = (card_path.parent.name, card_path.stem)
+        assert key in rows, f"README's model table has no row for {key}"
+        row = rows[key]
+        assert f"{card['steps']:,} steps" in row, f"{key}: the card says {card['steps']:,} steps; README: {row}"
+        assert f"{card['images_seen'] / 1000:.0f}k" in row, \
+            f"{key}: the card says {card['images_seen']} images seen; README: {row}"
+        for field in ("steps", "images_seen", "wall_time_s", "hardware", "precision", "command"):
+            assert card.get(field) not in (None, ""), f"{card_path} does not state {field}"
+        checked += 1
+    assert checked >= 6, f"only {checked} bundled model cards found under {models}"
