@@ -91,6 +91,17 @@ def test_the_cache_follows_inputs_and_weights():
     with torch.no_grad():
         model.unet.class_embedding.weight.add_(1.0)
     assert check() is not fourth
+    fifth = check()
+    # a block swapped for one that feeds the raw input to a skip connection: no folding
+    # (can_specialise is read only when the cache key, which holds the blocks' ids, changes)
+    block = model.unet.down_blocks[0]
+    swapped = copy.deepcopy(block)
+    swapped.skip_conv = torch.nn.Identity()
+    model.unet.down_blocks[0] = swapped
+    with torch.no_grad():
+        assert model._constant_inputs.get(model.unet, 3, x, cond, model._labels(tid, 2, x.device)) is None
+    model.unet.down_blocks[0] = block
+    assert check() is fifth  # the original blocks again: the fold cached for them is valid
     # a deep copy (e.g. the EMA's) starts empty; training mode and gradients use the plain path
     assert copy.deepcopy(model)._constant_inputs._net is None
     model._constant_inputs.clear()

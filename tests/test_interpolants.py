@@ -61,6 +61,20 @@ def test_velocity_is_interpolant_derivative():
         torch.testing.assert_close(v, interp.da(t)[:, None] * x0 + interp.ds(t)[:, None] * e)
 
 
+def test_edm_float_path_returns_the_tensor_paths_values():
+    """EDM answers a(t) and t(sigma) for Python floats without tensors: the same values as
+    its tensor path (bit for bit) and the same error for sigma <= 0."""
+    edm = EDM()
+    for v in (1e-3, 0.5, 2.0 / 3.0, 80.0, 157.2831):
+        t64 = torch.tensor(v, dtype=torch.float64)
+        assert edm.a(v) == float(edm._a(t64)) and isinstance(edm.a(v), float)
+        assert edm.t_of_sigma(v) == float(edm._t_of_sigma(t64)) and isinstance(edm.t_of_sigma(v), float)
+    assert torch.equal(edm.a(torch.tensor([0.5, 2.0])), torch.ones(2))  # tensors: unchanged
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="sigma must be > 0"):
+            edm.t_of_sigma(bad)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="unknown interpolant"):
         get_interpolant("ve-magic")

@@ -19,7 +19,8 @@ depend on them alone:
 
 :func:`specialise` returns a shallow copy of the UNet2DModel sharing every other module and
 parameter with it; it is valid while c, the labels and the folded weights are unchanged
-(:class:`ConstantInputCache` checks the tensors' identity and version counters on each call).
+(:class:`ConstantInputCache` checks the tensors' identity and version counters and the
+modules' identity on each call).
 Used for inference only (no gradient reaches the folded weights through it).
 """
 
@@ -97,6 +98,7 @@ def _versions(unet: nn.Module) -> tuple:
         parts.append(unet.conv_in.bias._version)
     emb = getattr(unet, "class_embedding", None)
     parts += [id(emb), None if emb is None else emb.weight._version, id(unet.time_embedding)]
+    parts += [tuple(map(id, unet.down_blocks)), tuple(map(id, unet.up_blocks))]  # what can_specialise reads
     return tuple(parts)
 
 
@@ -104,7 +106,8 @@ class ConstantInputCache:
     """One specialised network (:func:`specialise`) for the last (cond, labels) seen.
 
     ``get`` returns it when ``cond`` is the same tensor object, unmodified (version counter),
-    the labels are equal and the folded weights are unchanged; else it builds a new one. It
+    the labels are equal, the folded weights are unchanged and the network's conv_in,
+    embeddings and blocks are the same module objects; else it builds a new one. It
     keeps references to cond and labels, so an id cannot be reused by another tensor while
     cached. A network in training mode or with gradients enabled is never specialised."""
 
@@ -128,7 +131,7 @@ class ConstantInputCache:
         """The specialised network for these constant inputs, or None (use the plain path)."""
         if cond is None and labels is None:
             return None
-        if torch.is_grad_enabled() or unet.training or not can_specialise(unet):
+        if torch.is_grad_enabled() or unet.training:
             return None
         if cond is not None and (cond.shape[0] != x.shape[0] or cond.device != x.device):
             return None
@@ -138,6 +141,9 @@ class ConstantInputCache:
             labels is not None and self._labels is not None and labels.shape == self._labels.shape
             and bool(torch.equal(labels, self._labels)))
         if self._net is None or key != self._key or not same_cond or not same_labels:
+            # the key holds what can_specialise reads (module ids), so it is checked on rebuilds only
+            if not can_specialise(unet):
+                return None
             self._net = specialise(unet, image_channels, cond, labels)
             self._key, self._cond, self._labels = key, cond, None if labels is None else labels.clone()
         return self._net

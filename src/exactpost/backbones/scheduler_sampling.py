@@ -83,14 +83,23 @@ def _build_driving(scheduler: Any) -> Any:
     return type(scheduler).from_config(scheduler.config, **overrides)
 
 
-def _noise_level(sched: Any, i: int, t: torch.Tensor) -> float:
-    """sigma of the sample at step i / timestep t (module docstring)."""
+def _noise_level(sched: Any, i: int, t: torch.Tensor, table: Optional[list[float]] = None) -> float:
+    """sigma of the sample at step i / timestep t (module docstring). ``table``: the
+    scheduler's ``sigmas`` (or ``alphas_cumprod``) as Python floats (:func:`_level_table`),
+    read instead of indexing the tensor (the same values)."""
     sigmas = getattr(sched, "sigmas", None)
     if sigmas is not None:
         idx = sched.step_index if getattr(sched, "step_index", None) is not None else i
-        return float(sigmas[idx])
-    abar = float(sched.alphas_cumprod[int(t)])
+        return table[idx] if table is not None else float(sigmas[idx])
+    abar = table[int(t)] if table is not None else float(sched.alphas_cumprod[int(t)])
     return math.sqrt((1.0 - abar) / abar)
+
+
+def _level_table(sched: Any) -> list[float]:
+    """What :func:`_noise_level` reads, as Python floats, once per run (after
+    ``set_timesteps``; neither table changes during the steps)."""
+    sigmas = getattr(sched, "sigmas", None)
+    return (sigmas if sigmas is not None else sched.alphas_cumprod).tolist()
 
 
 def scheduler_sample(denoiser: Denoiser, scheduler: Any, shape: Sequence[int], *, steps: int = 50,
@@ -115,12 +124,14 @@ def scheduler_sample(denoiser: Denoiser, scheduler: Any, shape: Sequence[int], *
         kwargs["generator"] = generator
     D = _CountingDenoiser(denoiser, return_trajectory)
     sample = _initial_noise(shape, noise, generator, device, dtype) * float(sched.init_noise_sigma)
+    table, x0_out = _level_table(sched), sched.config.prediction_type == "sample"
     for i, t in enumerate(sched.timesteps):
         model_input = sched.scale_model_input(sample, t)
-        sigma = _noise_level(sched, i, t)
+        sigma = _noise_level(sched, i, t, table)
         tau = float(interp.t_of_sigma(sigma))
-        x_t = (float(interp.a(tau)) * math.sqrt(1.0 + sigma**2)) * model_input
+        a = float(interp.a(tau))
+        x_t = (a * math.sqrt(1.0 + sigma**2)) * model_input
         x0 = D(x_t.to(dtype), tau)
-        out = x0 if sched.config.prediction_type == "sample" else (x_t / float(interp.a(tau)) - x0) / sigma
+        out = x0 if x0_out else (x_t / a - x0) / sigma
         sample = sched.step(out, t, sample, return_dict=False, **kwargs)[0].to(dtype)
     return D.result(sample)

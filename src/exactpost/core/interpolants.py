@@ -135,6 +135,18 @@ class EDM(Interpolant):
     def _t_of_sigma(self, sigma):
         return sigma
 
+    # Python floats (a sampler stepping on a sigma grid asks for one level at a time): the
+    # values the tensor path returns, without building tensors
+    def a(self, t: Time) -> Time:
+        return 1.0 if type(t) is float else super().a(t)
+
+    def t_of_sigma(self, sigma: Time) -> Time:
+        if type(sigma) is not float:
+            return super().t_of_sigma(sigma)
+        if sigma <= 0:
+            raise ValueError(f"sigma must be > 0 to convert to a time, got {sigma}")
+        return sigma
+
 
 class VPLinear(Interpolant):
     """Variance preserving with DDPM's linear beta schedule in continuous time

@@ -120,9 +120,21 @@ class FFTBlur(StructuredOperator):
 
         return self.cached("pinv", like, make)
 
+    def _mod2_conj(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(|Hf|^2, conj(Hf)), computed once per dtype/device (a sampler's pivot uses them
+        every step)."""
+
+        def make() -> tuple[torch.Tensor, torch.Tensor]:
+            hf = self.transfer(like)
+            return hf.real**2 + hf.imag**2, hf.conj()
+
+        return self.cached("mod2_conj", like, make)
+
     def _regularized_pinv(self, r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
         rho = per_sample(rho, r.dim())
-        hf = self.transfer(r)
-        den = hf.real**2 + hf.imag**2 + rho
-        tik = hf.conj() / torch.where(rho > 0, den, torch.ones_like(den))
+        mod2, conj = self._mod2_conj(r)
+        den = mod2 + rho
+        if bool((rho > 0).all()):  # sigma_y > 0: Tikhonov everywhere (the same values as below)
+            return self._apply(r, conj / den)
+        tik = conj / torch.where(rho > 0, den, torch.ones_like(den))
         return self._apply(r, torch.where(rho > 0, tik, self._pinv_mult(r)))
