@@ -225,3 +225,37 @@ def test_gmm_cost_claim_ratios_use_the_same_problems_and_claims_only_the_full_pr
     assert not dps["within"] and dps["best_nfe"] == 100 and dps["best_ratio"] == pytest.approx(5.0)
     sub = {(r["variant"], r["nfe"]): r["ratio"] for r in gc.subset_rows(recs, [0])}
     assert sub[("dps", 100)] == pytest.approx(5.0) and sub[("dps", 1000)] == pytest.approx(1.1)
+
+
+def test_diffusers_step_overhead_parts_and_tables(tmp_path):
+    """Smoke test of benchmarks/diffusers_step_overhead.py (tiny network, few repeats; its
+    timings mean nothing): the stub stands in for UNet2DModel.forward only while inside and
+    is restored after; each row's ratio is built from its parts; both tables are written."""
+    pytest.importorskip("diffusers")
+    so = _load("diffusers_step_overhead")
+    plain, _ = so.build("tiny", 0)
+    cls, forward = type(plain), type(plain).forward
+    x, out = torch.zeros(2, 3, 32, 32), torch.full((2, 3, 32, 32), 7.0)
+    with so.stubbed_forward(cls, out):
+        assert plain(x, torch.tensor(5), return_dict=False)[0] is out and plain(x, torch.tensor(5)).sample is out
+    assert cls.forward is forward and not torch.equal(plain(x, torch.tensor(5), return_dict=False)[0], out)
+    n = torch.get_num_threads()
+    try:
+        rows = so.main(["--archs", "tiny", "--schedulers", "DDIMScheduler,DPMSolverMultistepScheduler",
+                        "--tasks", "sr4,inpaint-box", "--batch", "2", "--steps", "2", "--other-repeats", "2",
+                        "--net-pairs", "1", "--component-blocks", "2", "--component-calls", "2", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(n)
+    assert cls.forward is forward
+    assert [(r["scheduler"], r["task"]) for r in rows] == [
+        ("DDIMScheduler", "sr4"), ("DPMSolverMultistepScheduler", "sr4"),
+        ("DDIMScheduler", "inpaint-box"), ("DPMSolverMultistepScheduler", "inpaint-box")]
+    for r in rows:
+        want = (r["net_plain_ms"] + r["net_delta_ms"] + r["other_eps_ms"]) / (r["net_plain_ms"] + r["other_plain_ms"])
+        assert r["ratio"] == pytest.approx(want, rel=1e-12) and r["net_eps_ms"] == pytest.approx(
+            r["net_plain_ms"] + r["net_delta_ms"], rel=1e-12)
+        assert min(r["other_plain_ms"], r["other_eps_ms"], r["pivot_ms"], r["net_plain_ms"]) > 0
+    data = json.loads((tmp_path / "diffusers_step_overhead.json").read_text())
+    assert "python benchmarks/diffusers_step_overhead.py --archs tiny --schedulers" in data["meta"]["command"]
+    md = (tmp_path / "diffusers_step_overhead.md").read_text()
+    assert "## tiny" in md and "| DPMSolverMultistepScheduler | inpaint-box |" in md and "Worst ratio" in md
