@@ -256,6 +256,6 @@ def test_diffusers_step_overhead_parts_and_tables(tmp_path):
             r["net_plain_ms"] + r["net_delta_ms"], rel=1e-12)
         assert min(r["other_plain_ms"], r["other_eps_ms"], r["pivot_ms"], r["net_plain_ms"]) > 0
     data = json.loads((tmp_path / "diffusers_step_overhead.json").read_text())
-    assert "python benchmarks/diffusers_step_overhead.py --archs tiny --schedulers" in data["meta"]["command"]
+    assert "python benchmarks/diffusers_step_overhead.py --archs tiny --tasks sr4,inpaint-box --batch 2" in data["meta"]["command"]
     md = (tmp_path / "diffusers_step_overhead.md").read_text()
     assert "## tiny" in md and "| DPMSolverMultistepScheduler | inpaint-box |" in md and "Worst ratio" in md
