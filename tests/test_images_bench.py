@@ -246,7 +246,7 @@ def test_resume_recomputes_nothing_then_only_new_cells_and_continues_a_killed_ce
 
     monkeypatch.setattr(images_cells, "restore_batch", dies_on_second)
     assert _run(prefix, "--tasks", "sr4", "--methods", "eps,ddnm,mpgd,pigdm", "--nfe", "3") == 130
-    assert (prefix.parent / "res.cache" / "partial" / "sr4__pigdm__nfe3" / "batch_00000.npz").is_file()
+    assert len(list((prefix.parent / "res.cache" / "partial").glob("sr4__pigdm__nfe3@*/batch_00000.npz"))) == 1
     again = {"n": 0}
 
     def counting(setup, cell, op, y, g):
@@ -256,7 +256,7 @@ def test_resume_recomputes_nothing_then_only_new_cells_and_continues_a_killed_ce
     monkeypatch.setattr(images_cells, "restore_batch", counting)
     assert _run(prefix, "--tasks", "sr4", "--methods", "eps,ddnm,mpgd,pigdm", "--nfe", "3") == 0
     assert again["n"] == 1
-    assert not (prefix.parent / "res.cache" / "partial" / "sr4__pigdm__nfe3").exists()
+    assert not list((prefix.parent / "res.cache" / "partial").glob("sr4__pigdm__nfe3*"))
     clean = tmp_path / "clean"
     assert _run(clean, "--tasks", "sr4", "--methods", "pigdm", "--nfe", "3") == 0
     resumed, fresh = _cells(prefix)["sr4__pigdm__nfe3"], _cells(clean)["sr4__pigdm__nfe3"]
@@ -273,6 +273,90 @@ def test_changed_fingerprint_is_refused_unless_fresh(models_env, tmp_path, capsy
     assert len(err) == 1 and "samples" in err[0] and "--fresh" in err[0]
     assert _run(prefix, *args, "--samples", "3", "--fresh") == 0
     assert _cells(prefix)["sr4__ddnm__nfe3"]["samples"] == 3
+
+
+def _replace_weights(root, kind: str) -> None:
+    """Give ``root``'s tiny-32 ``kind`` network other weights (a new sha256), same card otherwise."""
+    from exactpost.io.checkpoint import load_checkpoint, save_checkpoint
+
+    prefix = root / "tiny-32" / kind
+    tensors, card = load_checkpoint(prefix)
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name] + 0.01
+    for k in ("format_version", "sha256", "weights_bytes", "weights_file", "library"):
+        card.pop(k, None)
+    save_checkpoint(prefix, tensors, card)
+
+
+@pytest.fixture
+def own_models(models_env, tmp_path, monkeypatch):
+    """A private copy of the tiny models folder (a test may change its weights)."""
+    import shutil
+
+    root = tmp_path / "own_models"
+    shutil.copytree(models_env, root)
+    monkeypatch.setenv(zoo.ENV_VAR, str(root))
+    return root
+
+
+def test_a_new_model_recomputes_only_the_cells_that_run_on_it(own_models, tmp_path, calls, capsys):
+    """Each cell's record holds what it depends on (its network's sha256, its tuned settings or
+    sampler): new EPS weights recompute the EPS cells only, new prior weights the baselines and
+    the bare timing, and the numbers of the untouched cells stay as they were."""
+    prefix = tmp_path / "dep"
+    args = ("--tasks", "sr4", "--methods", "eps,palette,ddnm", "--nfe", "3")
+    assert _run(prefix, *args) == 0
+    before = _cells(prefix)
+    assert before["sr4__eps__nfe3"]["depends"]["model"] == zoo.find_model("tiny-32", "eps").card["sha256"]
+    calls.clear()
+    _replace_weights(own_models, "eps")
+    assert _run(prefix, *args) == 0
+    assert calls == [("sr4", "eps", 3)] * 2
+    after = _cells(prefix)
+    assert {s: after["sr4__ddnm__nfe3"][s] for s in SCORES} == {s: before["sr4__ddnm__nfe3"][s] for s in SCORES}
+    assert after["sr4__eps__nfe3"]["depends"]["model"] != before["sr4__eps__nfe3"]["depends"]["model"]
+    calls.clear()
+    _replace_weights(own_models, "prior")
+    capsys.readouterr()
+    assert _run(prefix, *args) == 0
+    assert calls == [("sr4", "ddnm", 3)] * 2
+    bare = [r for r in json.loads(json.dumps(_doc(prefix)["bare"]))]
+    assert bare and all(r["depends"]["model"] == zoo.find_model("tiny-32", "prior").card["sha256"] for r in bare)
+
+
+def test_a_protocol_1_cache_is_converted_and_its_cells_reused(models_env, tmp_path, calls, capsys):
+    """A cache written under the earlier whole-run header (every model's sha256, the tuned
+    settings and the sampler in the header; no per-cell dependencies; unfinished batches in
+    ``partial/<key>/``) is converted on opening: nothing is recomputed, the numbers stay, and
+    the dependencies each record gets are those the old header implied."""
+    prefix = tmp_path / "old"
+    args = ("--tasks", "sr4", "--methods", "eps,ddnm", "--nfe", "3")
+    assert _run(prefix, *args) == 0
+    log = tmp_path / "old.cache" / "cells.jsonl"
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])["header"]
+    recs = [json.loads(line) for line in lines[1:]]
+    deps = {r["key"]: r.pop("depends") for r in recs}
+    eps_dep = deps["sr4__eps__nfe3"]
+    legacy = dict(header, protocol=1, models=dict(prior=deps["sr4__ddnm__nfe3"]["model"], eps=eps_dep["model"],
+                                                   palette="ab" * 32),
+                  tuned={"ddnm": {"sr4": deps["sr4__ddnm__nfe3"]["tuned"]}},
+                  **{k: v for k, v in eps_dep.items() if k != "model"})
+    log.write_text("\n".join(json.dumps(x) for x in [{"header": legacy}, *recs]) + "\n")
+    stale = tmp_path / "old.cache" / "partial" / "sr4__pigdm__nfe3"
+    stale.mkdir(parents=True)
+    calls.clear()
+    assert _run(prefix, *args) == 0
+    assert calls == []
+    assert json.loads(log.read_text().splitlines()[0])["header"] == header
+    doc = _doc(prefix)
+    assert {r["key"]: r["depends"] for r in doc["cells"] + doc["bare"]} == deps
+    assert not stale.exists() and len(list(stale.parent.glob("sr4__pigdm__nfe3@*"))) == 1
+    # an old header naming other EPS weights: converted, then only the EPS cell is recomputed
+    legacy["models"]["eps"] = "cd" * 32
+    log.write_text("\n".join(json.dumps(x) for x in [{"header": legacy}, *recs]) + "\n")
+    assert _run(prefix, *args) == 0
+    assert calls == [("sr4", "eps", 3)] * 2
 
 
 def test_merge_folds_in_another_processes_cells_and_refuses_other_settings(models_env, tmp_path, calls, capsys):

@@ -104,7 +104,7 @@ from .images_cells import run_cell, time_bare
 from .images_config import (LEVEL, PLOTS_HINT, BenchConfig, add_arguments, bare_key, batch_ranges, cells_of,
                             config_from_args)
 from .images_report import markdown, refresh_fd, rows_of, write_plots
-from .images_setup import load_setup
+from .images_setup import cell_depends, load_setup
 from .records import json_safe
 
 
@@ -122,13 +122,13 @@ def run_config(cfg: BenchConfig) -> int:
     setup = load_setup(cfg)
     for n in setup.notices:
         print(f"notice: {n}")
-    cache = Cache(cfg.out, setup.fingerprint(), cfg.fresh)
+    cache = Cache(cfg.out, setup.fingerprint(), cfg.fresh, depends_of=cell_depends)
     for other in cfg.merge:
         print(f"merged {cache.merge_from(other)} finished cells from {other}.cache")
     cells = cells_of(cfg, setup.methods)
-    pending = [c for c in cells if c.key not in cache.records]
+    pending = [c for c in cells if not cache.valid(c.key, setup.depends(c.method, c.task))]
     budgets = sorted({c.nfe for c in cells})
-    bare_pending = [n for n in budgets if bare_key(n) not in cache.records] if cfg.bare else []
+    bare_pending = [n for n in budgets if not cache.valid(bare_key(n), setup.depends("bare"))] if cfg.bare else []
     n_batches = len(batch_ranges(cfg.images, cfg.batch))
     bar = None
     if cfg.progress and (pending or bare_pending):

@@ -75,9 +75,10 @@ def run_cell(setup: Setup, cache: "Cache", cell: Cell, on_batch: Callable[[], No
     it and store it in the cache; returns its record."""
     cfg = setup.cfg
     op, y = setup.measurement(cell.task)
+    depends = setup.depends(cell.method, cell.task)
     parts = []
     for b, (i, j) in enumerate(batch_ranges(len(setup.truth), cfg.batch)):
-        part = cache.load_partial(cell.key, b)
+        part = cache.load_partial(cell.key, b, depends)
         if part is None:
             g = torch.Generator().manual_seed(batch_seed(cfg.seed, cell.task, cell.method, cell.nfe, b))
             t0 = time.perf_counter()
@@ -89,7 +90,7 @@ def run_cell(setup: Setup, cache: "Cache", cell: Cell, on_batch: Callable[[], No
                                   backward=int(res.settings.get("backward_passes_per_sample", 0)),
                                   sampler={k: v for k, v in res.settings.items() if k != "tuned"},
                                   tuned=settings))
-            cache.save_partial(cell.key, b, part)
+            cache.save_partial(cell.key, b, depends, part)
         parts.append(part)
         on_batch()
     samples = torch.cat([p["samples"] for p in parts], dim=1)
@@ -100,7 +101,7 @@ def run_cell(setup: Setup, cache: "Cache", cell: Cell, on_batch: Callable[[], No
                                nfe_sample=info["nfe_sample"], nfe_mean=info["nfe_mean"],
                                backward_passes=info["backward"], images=len(setup.truth), samples=cfg.samples,
                                batch=cfg.batch, seconds=seconds, seconds_per_image=seconds / len(setup.truth),
-                               sampler=info["sampler"], tuned=info["tuned"] or None)
+                               sampler=info["sampler"], tuned=info["tuned"] or None, depends=depends)
     rec.update(score_cell(setup, samples, net_mean))
     cache.add(rec, samples[0])
     return rec
@@ -129,4 +130,4 @@ def time_bare(setup: Setup, nfe: int) -> dict[str, Any]:
             used = 1 + out.nfe
         seconds = time.perf_counter() - t0
     return dict(key=bare_key(nfe), kind="bare", nfe_budget=nfe, nfe_sample=used, batch=b, samples=cfg.samples,
-                seconds=seconds, seconds_per_image=seconds / b)
+                seconds=seconds, seconds_per_image=seconds / b, depends=setup.depends("bare"))

@@ -16,8 +16,10 @@ from ..inference import zoo
 from ..core.sampler_spec import parse_spec
 from .gmm_bench import derived_seed
 
-#: bump when the protocol changes, so old caches are not mixed with new cells
-PROTOCOL_VERSION = 1
+#: bump when the protocol changes, so old caches are not mixed with new cells (2: the models,
+#: tuned settings and sampler moved from the header into each cell's ``depends``; protocol-1
+#: caches are converted on opening, images_cache.convert_legacy)
+PROTOCOL_VERSION = 2
 #: the paper protocol's budgets: EPS at 20, every other method at 100, DPS also at 250
 EPS_NFE, OTHER_NFE, DPS_EXTRA_NFE = 20, 100, 250
 SWEEP_NFE = (5, 10, 20, 50, 100)

@@ -192,12 +192,23 @@ class Setup:
         return self._truth_feats
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a cached cell depends on: a rerun must match it to reuse the cache."""
+        """What every cached cell depends on (the cache's header): a rerun must match it to
+        reuse the cache. What only some cells depend on (which network, the tuned settings, the
+        sampler) is each cell's own :meth:`depends`."""
         cfg = self.cfg
-        return dict(protocol=PROTOCOL_VERSION, family=self.family,
-                    models={k: (e.card.get("sha256") if e is not None else None) for k, e in self.entries.items()},
-                    data_sha256=self.data["sha256"], images=cfg.images, samples=cfg.samples, batch=cfg.batch,
-                    seed=cfg.seed, sigma_y=cfg.sigma_y, tuned=self.tuned, **self.sampler_fingerprint())
+        return dict(protocol=PROTOCOL_VERSION, family=self.family, data_sha256=self.data["sha256"],
+                    images=cfg.images, samples=cfg.samples, batch=cfg.batch, seed=cfg.seed, sigma_y=cfg.sigma_y)
+
+    def depends(self, method: str, task: Optional[str] = None) -> dict[str, Any]:
+        """What a cell of ``method`` on ``task`` depends on beyond the header (``method`` =
+        "bare": the bare sampler's timing): a cached cell is reused only while this is equal.
+
+        * eps: the EPS network's weights (sha256) and the sampler (``sampler_fingerprint``);
+        * palette: the Palette network's weights and ``--scheduler`` when given;
+        * a zero-shot baseline or the bare sampler: the prior's weights, and the baseline's
+          tuned settings for ``task``."""
+        models = {k: (e.card.get("sha256") if e is not None else None) for k, e in self.entries.items()}
+        return cell_depends(method, task, models, self.tuned, self.sampler_fingerprint())
 
     def sampler_fingerprint(self) -> dict[str, Any]:
         """{eps_sampler: spec} when the eps cells use a sampler other than the legacy EDM Heun
@@ -236,6 +247,21 @@ def find_encoder(model: str) -> tuple[Any, str]:
 def features(encoder: Any, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat([encoder.features(x[i:i + batch]).detach().to(torch.float64).reshape(len(x[i:i + batch]), -1)
                       for i in range(0, len(x), batch)])
+
+
+def cell_depends(method: str, task: Optional[str], models: dict[str, Optional[str]], tuned: dict,
+                 sampler: dict[str, Any]) -> dict[str, Any]:
+    """:meth:`Setup.depends` from its parts: ``models`` {kind: weights sha256}, ``tuned``
+    {method: {task: settings}}, ``sampler`` ({} for the legacy EPS sampler, {eps_sampler:
+    name} or {scheduler: name}). Also derives the dependencies of cells cached under the
+    earlier whole-run header, which held these same parts."""
+    if method == "eps":
+        return dict(model=models.get("eps"), **sampler)
+    if method == "palette":
+        return dict(model=models.get("palette"), **{k: v for k, v in sampler.items() if k == "scheduler"})
+    if method == "bare":
+        return dict(model=models.get("prior"))
+    return dict(model=models.get("prior"), tuned=(tuned.get(method) or {}).get(task) or {})
 
 
 def load_setup(cfg: BenchConfig) -> Setup:
