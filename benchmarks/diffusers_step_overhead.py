@@ -18,8 +18,9 @@ than the 2 % to resolve. Here one step of each side is split into
   additions: conv_in's precomputed constant K [B, C', H, W] and the task-embedding rows
   [B, D]. Their cost difference ``net_delta`` is measured on those two modules alone
   (``conv_in`` and ``time_embedding`` of each side, interleaved blocks of calls, median per
-  call), which resolves microseconds; the whole calls are also timed in interleaved pairs
-  (``--net-pairs``) as a check (``direct`` columns; they carry the network's own noise);
+  call), which resolves microseconds; the whole calls are timed in ``--net-pairs`` pairs per
+  row, one pair after each block of that row's (b) runs, so (a) and (b) see the same load
+  (the EPS call's median gives ``ratio_direct``, a check carrying the network's own noise);
 * (b) everything else: the exact step code of each side (plain: a diffusers pipeline's
   loop, ``benchmarks/diffusers_cost.plain_run``; EPS:
   :func:`exactpost.backbones.scheduler_sample` with the
@@ -27,8 +28,8 @@ than the 2 % to resolve. Here one step of each side is split into
   conversions, the constant-input cache check, x0 -> scheduler.step) with
   ``UNet2DModel.forward`` replaced by a stub returning a precomputed output of the right
   shape. Each run is ``--steps`` steps (per-run work such as ``set_timesteps`` and the EPS
-  side's scheduler copy is spread over them), ``--other-repeats`` runs per side, interleaved,
-  median / steps. The stub is reached through ``nn.Module.__call__`` on both sides, so the
+  side's scheduler copy is spread over them), ``--other-repeats`` runs per side, interleaved
+  (in ``--net-pairs`` blocks), median / steps. The stub is reached through ``nn.Module.__call__`` on both sides, so the
   module-call dispatch (a few microseconds, equal on both sides) is counted in (b) and (a).
   Inside the EPS side's (b), the pivot mu* alone and the whole posterior denoiser call (pivot,
   wrapper, stubbed network) are timed at one noise level (``pivot_ms``, ``denoiser_ms``).
@@ -95,12 +96,13 @@ def stubbed_forward(cls: type, out: torch.Tensor) -> Iterator[None]:
         cls.forward = original
 
 
-def interleaved(fns: list[Callable[[], Any]], repeats: int) -> list[list[float]]:
+def interleaved(fns: list[Callable[[], Any]], repeats: int, start: int = 0) -> list[list[float]]:
     """CPU seconds of ``repeats`` calls of each function, back to back with the order
-    rotating each round (drifts in machine load hit every function alike)."""
+    rotating each round (drifts in machine load hit every function alike); ``start``: the
+    rotation of the first round. Times are returned in the order of ``fns``."""
     times: list[list[float]] = [[] for _ in fns]
     order = list(range(len(fns)))
-    for r in range(repeats):
+    for r in range(start, start + repeats):
         for k in order[r % len(fns):] + order[: r % len(fns)]:
             t0 = time.process_time()
             fns[k]()
@@ -142,7 +144,6 @@ def measure_arch(arch: str, schedulers: list[str], tasks: list[str], args: argpa
     with torch.no_grad():
         stub_out = plain(x_in, t_plain, return_dict=False)[0].clone()
     rows: list[dict] = []
-    net_direct: dict | None = None
     with torch.no_grad():
         for task in tasks:
             op = make_operator(task, B, (3, 32, 32), generator=g)
@@ -173,19 +174,6 @@ def measure_arch(arch: str, schedulers: list[str], tasks: list[str], args: argpa
                 fn()
             ct = [statistics.median(t) / args.component_calls for t in interleaved(comp, args.component_blocks)]
             net_delta = (ct[1] - ct[0]) + (ct[3] - ct[2])
-            if net_direct is None:  # the whole calls (same shapes for every task): once per arch
-                pair = [lambda: plain(x_in, t_plain, return_dict=False), lambda: fast(x_in, t_eps, return_dict=False)]
-                for fn in pair:
-                    fn()
-                tp, te = interleaved(pair, args.net_pairs)
-                net_direct = dict(task=task, plain_ms=1e3 * statistics.median(tp), eps_ms=1e3 * statistics.median(te),
-                                  pair_ratio=statistics.median(e / p for e, p in zip(te, tp)),
-                                  pair_range=[min(e / p for e, p in zip(te, tp)), max(e / p for e, p in zip(te, tp))],
-                                  pairs=args.net_pairs)
-                print(f"[{arch}] network call: plain {net_direct['plain_ms']:.2f} ms, EPS (folded) "
-                      f"{net_direct['eps_ms']:.2f} ms, median pair ratio {net_direct['pair_ratio']:.4f} "
-                      f"(range {net_direct['pair_range'][0]:.3f}-{net_direct['pair_range'][1]:.3f})", flush=True)
-            net_plain = net_direct["plain_ms"] / 1e3
             # where the EPS side's extra work goes: the pivot mu*, and the whole posterior
             # denoiser call (pivot + the wrapper around the stubbed network), at one noise level
             x_t, t_b = torch.randn(shape, generator=g), torch.full((B,), 2.0)
@@ -206,12 +194,24 @@ def measure_arch(arch: str, schedulers: list[str], tasks: list[str], args: argpa
                 def base_run() -> Any:
                     return plain_run(plain, base_sched, x_T, S)
 
-                # (b) everything but the network
+                # (b) everything but the network, in --net-pairs rounds; (a) after each round
+                # one pair of whole network calls, so both parts see the same machine load
+                tb, te, tp, tn = [], [], [], []
+                net_pair = [lambda: plain(x_in, t_plain, return_dict=False), lambda: fast(x_in, t_eps, return_dict=False)]
                 with stubbed_forward(unet_cls, stub_out):
-                    for fn in (base_run, eps_run):
+                    for fn in (base_run, eps_run):  # warm-up
                         fn()
-                    tb, te = interleaved([base_run, eps_run], args.other_repeats)
+                for fn in net_pair:
+                    fn()
+                for k in range(args.net_pairs):
+                    with stubbed_forward(unet_cls, stub_out):
+                        b_, e_ = interleaved([base_run, eps_run], -(-args.other_repeats // args.net_pairs), start=k)
+                    tb, te = tb + b_, te + e_
+                    p_, n_ = interleaved(net_pair, 1, start=k)  # which goes first alternates
+                    tp, tn = tp + p_, tn + n_
                 ob, oe = statistics.median(tb) / S, statistics.median(te) / S
+                net_plain, net_eps = statistics.median(tp), statistics.median(tn)
+                pair_ratios = sorted(e / p for e, p in zip(tn, tp))
                 total_plain = net_plain + ob
                 row = dict(arch=arch, params=params, scheduler=sname, task=task,
                            net_plain_ms=1e3 * net_plain, net_delta_ms=1e3 * net_delta,
@@ -220,7 +220,9 @@ def measure_arch(arch: str, schedulers: list[str], tasks: list[str], args: argpa
                            other_plain_iqr_ms=[1e3 * q / S for q in quartiles(tb)],
                            other_eps_iqr_ms=[1e3 * q / S for q in quartiles(te)],
                            ratio=(net_plain + net_delta + oe) / total_plain,
-                           ratio_direct=(net_direct["eps_ms"] / 1e3 + oe) / (net_direct["plain_ms"] / 1e3 + ob),
+                           net_eps_direct_ms=1e3 * net_eps, net_pair_ratio=statistics.median(pair_ratios),
+                           net_pair_range=[pair_ratios[0], pair_ratios[-1]], net_pairs=len(pair_ratios),
+                           ratio_direct=(net_eps + oe) / (net_plain + ob),
                            pivot_ms=1e3 * pt[0], denoiser_ms=1e3 * pt[1],
                            once_per_restoration_ms=once_ms,
                            ratio_amortised=(net_plain + net_delta + oe + once_ms / 1e3 / S) / total_plain,
@@ -231,8 +233,6 @@ def measure_arch(arch: str, schedulers: list[str], tasks: list[str], args: argpa
                       f"{1e3 * row['net_delta_ms']:6.1f} us; other plain {row['other_plain_ms']:.3f} ms, EPS "
                       f"{row['other_eps_ms']:.3f} ms; ratio {row['ratio']:.5f} (direct {row['ratio_direct']:.4f}); "
                       f"once {once_ms:.2f} ms", flush=True)
-    for r in rows:
-        r["net_direct"] = net_direct
     return rows
 
 
@@ -246,31 +246,34 @@ def write(rows: list[dict], meta: dict, out: Path, stem: str) -> None:
              f"`{meta['command']}` on {meta['date']} ({meta['machine']}, torch {meta['torch']}, diffusers "
              f"{meta['diffusers']}); 1-min load average {meta['load_start']:.2f} at the start, {meta['load_end']:.2f} "
              "at the end (CPU time counts only this process's own work).", "",
-             f"Per step, CPU ms, batch {meta['batch']}, 32x32, random weights. **network**: the plain UNet2DModel call; "
+             f"Per step, CPU ms, batch {meta['batch']}, 32x32, random weights. **network**: the plain UNet2DModel call "
+             f"(median of {meta['net_pairs']} calls per row, one after each block of the row's stubbed runs, so both "
+             "parts see the same machine load); "
              "the EPS call is the same network with the conditioning and task embedding folded in, which adds "
              "**delta** (two additions, timed on the two modules that differ, interleaved blocks). **other**: "
              f"everything else in the step with the network stubbed out (median of {meta['other_repeats']} interleaved "
              f"runs of {meta['steps']} steps per side, per step; [q1, q3] in the JSON). **ratio** = (network + delta + "
-             "other EPS) / (network + other plain), target <= 1.02. **direct**: the same with both whole network "
-             f"calls timed in {meta['net_pairs']} interleaved pairs (noisier). **pivot / denoiser**: inside other EPS, "
+             "other EPS) / (network + other plain), target <= 1.02. **network pair ratio**: whole EPS network call / "
+             "plain call, paired as timed (median, range); **direct**: the ratio with the whole EPS call's median in "
+             "place of network + delta (noisier). **pivot / denoiser**: inside other EPS, "
              "the pivot mu* alone and the whole EPS posterior denoiser call (pivot, wrapper, stubbed network) at one "
              "noise level (the rest of other EPS is the scheduler and its driver). **once**: conditioning channels + "
              "folding, paid once per restoration; **amortised**: the ratio with it spread over the run's steps.", ""]
     for arch in dict.fromkeys(r["arch"] for r in rows):
         ar = [r for r in rows if r["arch"] == arch]
-        nd = ar[0]["net_direct"]
         lines += [f"## {arch} ({ar[0]['params'] / 1e6:.2f}M parameters)", "",
-                  f"Network call: plain {nd['plain_ms']:.2f} ms, EPS (folded) {nd['eps_ms']:.2f} ms, median of "
-                  f"{nd['pairs']} pair ratios {nd['pair_ratio']:.4f} (range {nd['pair_range'][0]:.3f}-"
-                  f"{nd['pair_range'][1]:.3f}).", "",
+                  f"Plain network call {min(r['net_plain_ms'] for r in ar):.2f}-{max(r['net_plain_ms'] for r in ar):.2f} "
+                  "ms over the rows (each row's own median).", "",
                   "| scheduler | task | network (ms) | delta (us) | other plain (ms) | other EPS (ms) | of which "
-                  "pivot / denoiser (ms) | ratio | overhead | ratio direct | once (ms) | ratio amortised |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "pivot / denoiser (ms) | ratio | overhead | network pair ratio (range) | ratio direct | once (ms) | "
+                  "ratio amortised |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in ar:
             lines.append(f"| {r['scheduler']} | {r['task']} | {r['net_plain_ms']:.2f} | {1e3 * r['net_delta_ms']:.1f} | "
                          f"{r['other_plain_ms']:.3f} | {r['other_eps_ms']:.3f} | {r['pivot_ms']:.3f} / "
                          f"{r['denoiser_ms']:.3f} | {r['ratio']:.4f} | "
-                         f"{100 * (r['ratio'] - 1):+.2f} % | {r['ratio_direct']:.4f} | "
+                         f"{100 * (r['ratio'] - 1):+.2f} % | {r['net_pair_ratio']:.3f} ({r['net_pair_range'][0]:.2f}-"
+                         f"{r['net_pair_range'][1]:.2f}) | {r['ratio_direct']:.4f} | "
                          f"{r['once_per_restoration_ms']:.2f} | {r['ratio_amortised']:.4f} |")
         lines.append("")
     verdict = "meets" if worst["ratio"] <= 1.02 else f"misses by {worst['ratio'] - 1.02:.4f}"
@@ -290,7 +293,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batch", type=int, default=4, help="images per step")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed run (per-run work is spread over them)")
     ap.add_argument("--other-repeats", type=int, default=200, help="timed runs per side with the network stubbed")
-    ap.add_argument("--net-pairs", type=int, default=15, help="interleaved pairs of whole network calls, per arch")
+    ap.add_argument("--net-pairs", type=int, default=15,
+                    help="pairs of whole network calls per row, one after each block of stubbed runs")
     ap.add_argument("--component-blocks", type=int, default=200, help="timed blocks per differing module")
     ap.add_argument("--component-calls", type=int, default=20, help="calls per timed block of a module")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)")
@@ -312,7 +316,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     meta = dict(command=f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python "
                         f"benchmarks/diffusers_step_overhead.py {opts}".replace("OMP_NUM_THREADS= ", "").strip(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), batch=args.batch, steps=args.steps,
-                other_repeats=args.other_repeats, net_pairs=args.net_pairs,
+                other_repeats=args.net_pairs * -(-args.other_repeats // args.net_pairs), net_pairs=args.net_pairs,
                 machine=f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), CPU",
                 torch=torch.__version__, diffusers=import_diffusers().__version__, load_start=load_start,
                 load_end=os.getloadavg()[0])
