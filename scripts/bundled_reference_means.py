@@ -5,8 +5,10 @@ computes fails a test.
 
     .venv/bin/python scripts/bundled_reference_means.py tests/data/bundled_reference_means.npz
 
-The committed file was written by the code before the x_reg conditioning refactor (commit
-d57edbe), so the test shows that checkpoints with the old conditioning kinds restore as before.
+The file written before the x_reg conditioning refactor (commit d57edbe, old conditioning
+kinds) showed that such checkpoints restore as before; since the x_reg EPS and Palette models
+were bundled its references no longer matched any bundled weights (the test skipped them), so
+it was rewritten (2026-12-03) for the bundled x_reg models: the test again guards what they compute.
 """
 
 from __future__ import annotations
