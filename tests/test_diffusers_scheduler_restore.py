@@ -138,9 +138,13 @@ def test_bench_images_samples_with_the_scheduler(env, capsys, tmp_path):
     cells = {c["method"]: c for c in json.loads((tmp_path / "a.json").read_text())["cells"]}
     assert cells["eps"]["sampler"]["scheduler"] == "DDIMScheduler" and cells["eps"]["nfe_sample"] == 4
     assert "scheduler" not in cells["ddnm"]["sampler"]  # the baselines keep their own samplers
-    # a cache made with another scheduler is not reused (the scheduler is in the fingerprint)
-    rc = main(args + ["--scheduler", "euler", "--out", str(tmp_path / "a")])
-    err = capsys.readouterr().err
-    assert rc == 2 and ("fingerprint" in err.lower() or "fresh" in err), err
+    # another scheduler: its EPS cell is recomputed (the scheduler is in that cell's depends),
+    # the baseline's cell, which no scheduler drives, is reused
+    capsys.readouterr()
+    assert main(args + ["--scheduler", "euler", "--out", str(tmp_path / "a")]) == 0, capsys.readouterr().err
+    assert "1 cells computed, 1 reused" in capsys.readouterr().out
+    again = {c["method"]: c for c in json.loads((tmp_path / "a.json").read_text())["cells"]}
+    assert again["eps"]["sampler"]["scheduler"] == "EulerDiscreteScheduler"
+    assert again["eps"]["depends"]["scheduler"] == "euler" and again["ddnm"]["crps"] == cells["ddnm"]["crps"]
     one_line_error(capsys, main(args[:3] + ["faces-32"] + args[4:] + ["--scheduler", "ddim", "--out",
                                                                      str(tmp_path / "b")]), "not a diffusers folder")
