@@ -259,3 +259,35 @@ def test_diffusers_step_overhead_parts_and_tables(tmp_path):
     assert "python benchmarks/diffusers_step_overhead.py --archs tiny --tasks sr4,inpaint-box --batch 2" in data["meta"]["command"]
     md = (tmp_path / "diffusers_step_overhead.md").read_text()
     assert "## tiny" in md and "| DPMSolverMultistepScheduler | inpaint-box |" in md and "Worst ratio" in md
+
+
+def test_preset_pilot_compares_snapshots_at_equal_wall_time_and_step(tiny_root, tmp_path):
+    """Two fake runs (the same tiny prior as snapshots at steps 2 and 4; the second run twice as
+    slow per step): the table holds every snapshot and the second run's rows are compared with
+    the first run's loss interpolated at the same wall time and step."""
+    import shutil
+
+    pp = _load("preset_pilot")
+    src = tiny_root / "tiny-32" / "prior"
+    for label, per_step in (("a", 10.0), ("b", 20.0)):
+        snaps = tmp_path / label / "snapshots"
+        snaps.mkdir(parents=True)
+        for step in (2, 4):
+            for ext in (".safetensors", ".json"):
+                shutil.copyfile(src.with_suffix(ext), snaps / f"model-{step:06d}{ext}")
+        (tmp_path / label / "metrics.jsonl").write_text("".join(
+            json.dumps(dict(step=s, loss=1.0, wall_time_s=s * per_step)) + "\n" for s in (1, 2, 3, 4))
+            + json.dumps({"eval": {"step": 4}}) + "\n")
+    out = tmp_path / "out"
+    assert pp.main(["--run", f"a={tmp_path / 'a'}", "--run", f"b={tmp_path / 'b'}", "--data",
+                    str(_tiny_npz(tmp_path / "d.npz")), "--n", "2", "--sigmas", "0.5,2", "--out", str(out)]) == 0
+    rows = json.loads((out / "preset_pilot.json").read_text())["rows"]
+    assert [(r["label"], r["step"], r["wall_time_s"]) for r in rows] == [("a", 2, 20.0), ("a", 4, 40.0),
+                                                                        ("b", 2, 40.0), ("b", 4, 80.0)]
+    assert rows[0]["loss"] == rows[2]["loss"] > 0  # same weights, same images and noise
+    md = (out / "preset_pilot.md").read_text()
+    loss = f"{rows[0]['loss']:.4f}"
+    # b's step-2 snapshot (40 s) meets a's curve at a's step 4 (40 s); b's step 4 (80 s) is past a's run
+    assert f"| b step 2 | {loss} | {rows[1]['loss']:.4f} | {loss} |" in md
+    assert f"| b step 4 | {loss} | outside the run | {rows[1]['loss']:.4f} |" in md
+    assert pp._interp([(0.0, 1.0), (2.0, 3.0)], 1.0) == 2.0 and pp._interp([(0.0, 1.0)], 5.0) is None
