@@ -56,11 +56,9 @@ import torch
 from ..io.atomic import write_atomic
 from ..core.conditioning import extends
 from ..core.tasks import task_names
-from ..io.checkpoint import checkpoint_paths, load_checkpoint, pack_state, save_checkpoint, unpack_state
+from ..io.checkpoint import save_checkpoint
 from ..io.images import load_images
-from ..training.data import BatchStream
-from ..training.loop import (EMA, TrainConfig, _check_same_problem, _eval_images, _hardware, _on_cpu, evaluate,
-                             resolve_device)
+from ..training.loop import RunState, TrainConfig, _eval_images, _hardware, _on_cpu, evaluate, resolve_device
 from ..training.precision import autocast_for, resolve_precision
 from ..training.stop import StopRequests, TrainingStopped
 from ..training.objectives import Batch, Objective, make_batch
@@ -179,26 +177,19 @@ def _loop(cfg: TrainConfig, model: DiffusersUNetDenoiser, objective: Objective, 
     """Train from step 0, or from the state in ``run/state`` (same command: same problem,
     checked), saving the state and exporting the model every ``checkpoint_every`` steps,
     at the end and when a stop is requested. Returns {"card": the exported model's card}."""
-    ema = EMA(model, cfg.ema_halflife_kimg, cfg.ema_rampup)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    data_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    noise_gen = torch.Generator().manual_seed(cfg.seed + 2)
-    stream = BatchStream(images, cfg.batch_size, data_gen)
+    rs = RunState.start(model, images, cfg)
+    ema, opt, noise_gen, stream = rs.ema, rs.opt, rs.noise_gen, rs.stream
     state_path = run / "state"
     step, wall, loss_value = 0, 0.0, math.nan
     evals: list[dict] = []
-    if checkpoint_paths(state_path)[1].exists():
-        tensors, saved = load_checkpoint(state_path, expect={"backbone": model.to_dict()})
-        _check_same_problem(saved.get("config"), cfg, run)
+    resumed = rs.resume(state_path, {"backbone": model.to_dict()}, cfg, model)
+    if resumed is not None:
+        step, extra, saved = resumed
         if saved.get("init_sha256") != card_base["init_sha256"]:
             raise BackboneError(f"{run} was started from weights with sha256 {str(saved.get('init_sha256'))[:12]}..., "
                                 f"not {str(card_base['init_sha256'])[:12]}... ({cfg.init_from} changed); resume with "
                                 f"the original folder or start a new --run-dir")
-        info = unpack_state(tensors, saved, model=model, ema=ema, optimizer=opt,
-                            rng={"data": data_gen, "noise": noise_gen})
-        extra = info["extra"]
-        step, wall, loss_value = info["step"], float(extra["wall_time"]), float(extra["loss"])
-        stream.load_state({"perm": extra["perm"], "pos": extra["pos"], "generator": data_gen.get_state()})
+        wall, loss_value = float(extra["wall_time"]), float(extra["loss"])
         evals = list(saved.get("eval_history", []))
     (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
@@ -209,10 +200,7 @@ def _loop(cfg: TrainConfig, model: DiffusersUNetDenoiser, objective: Objective, 
         return save_folder(run / "model", _on_cpu(ema.module), sched_cfg, card)
 
     def save_state() -> dict:
-        tensors, part = pack_state(model=model, ema=ema, optimizer=opt, step=step,
-                                   rng={"data": data_gen, "noise": noise_gen},
-                                   extra={"wall_time": wall, "loss": loss_value, "perm": stream.perm,
-                                          "pos": stream.pos})
+        tensors, part = rs.pack(model, step, {"wall_time": wall, "loss": loss_value})
         save_checkpoint(state_path, tensors, {"backbone": model.to_dict(), "config": cfg.to_dict(),
                                               "init_sha256": card_base["init_sha256"], "eval_history": evals, **part})
         return export()

@@ -198,6 +198,50 @@ class EMA:
         self.module.load_state_dict(state)
 
 
+@dataclass
+class RunState:
+    """What a run steps and checkpoints besides the network: its EMA, AdamW, the data and noise
+    generators (seeded ``seed + 1`` and ``seed + 2``) and the batch stream (one definition for
+    :func:`train` and the diffusers fine-tuning of :mod:`exactpost.backbones.finetune`)."""
+
+    ema: EMA
+    opt: torch.optim.Optimizer
+    data_gen: torch.Generator
+    noise_gen: torch.Generator
+    stream: BatchStream
+
+    @classmethod
+    def start(cls, model: nn.Module, images: torch.Tensor, cfg: "TrainConfig") -> "RunState":
+        """A fresh state for ``model`` (already on its device and in its memory format)."""
+        ema = EMA(model, cfg.ema_halflife_kimg, cfg.ema_rampup)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        data_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        noise_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        return cls(ema, opt, data_gen, noise_gen, BatchStream(images, cfg.batch_size, data_gen))
+
+    def resume(self, state_path: Path, expect: dict, cfg: "TrainConfig", model: nn.Module
+               ) -> Optional[tuple[int, dict, dict]]:
+        """Load the state saved at ``state_path`` into ``model`` and this state, if there is one
+        (refusing a config that changes what the run learns): (step, the saved ``extra``, the
+        saved metadata), else None."""
+        if not checkpoint_paths(state_path)[1].exists():
+            return None
+        tensors, saved = load_checkpoint(state_path, expect=expect)
+        _check_same_problem(saved.get("config"), cfg, state_path.parent)
+        info = unpack_state(tensors, saved, model=model, ema=self.ema, optimizer=self.opt,
+                            rng={"data": self.data_gen, "noise": self.noise_gen})
+        extra = info["extra"]
+        self.stream.load_state({"perm": extra["perm"], "pos": extra["pos"], "generator": self.data_gen.get_state()})
+        return info["step"], extra, saved
+
+    def pack(self, model: nn.Module, step: int, extra: dict) -> tuple[dict, dict]:
+        """(tensors, metadata) of :func:`~exactpost.io.checkpoint.pack_state`, the stream's
+        position added to ``extra``."""
+        return pack_state(model=model, ema=self.ema, optimizer=self.opt, step=step,
+                          rng={"data": self.data_gen, "noise": self.noise_gen},
+                          extra={**extra, "perm": self.stream.perm, "pos": self.stream.pos})
+
+
 def resolve_device(spec: str) -> torch.device:
     """The device a process trains on. ``"auto"``: ``cuda:LOCAL_RANK`` (the launcher's local
     rank, 0 without one) when CUDA is available, else the CPU; ``"cpu"``; ``"cuda"`` (same
@@ -363,22 +407,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
     model.to(device)  # before the EMA copy and the optimiser state (loaded states follow the parameters)
     if cfg.channels_last:  # same values, another layout: oneDNN's faster convolution kernels
         model.to(memory_format=torch.channels_last)
-    ema = EMA(model, cfg.ema_halflife_kimg, cfg.ema_rampup)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    data_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    noise_gen = torch.Generator().manual_seed(cfg.seed + 2)
-    stream = BatchStream(images, cfg.batch_size, data_gen)
+    rs = RunState.start(model, images, cfg)
+    ema, opt, noise_gen, stream = rs.ema, rs.opt, rs.noise_gen, rs.stream
 
     step, images_seen, wall = 0, 0, 0.0
     history: list[dict] = []
-    if checkpoint_paths(state_path)[1].exists():
-        tensors, card = load_checkpoint(state_path, expect={"model": model.to_dict()})
-        _check_same_problem(card.get("config"), cfg, run)
-        info = unpack_state(tensors, card, model=model, ema=ema, optimizer=opt,
-                            rng={"data": data_gen, "noise": noise_gen})
-        extra = info["extra"]
-        step, images_seen, wall = info["step"], int(extra["images_seen"]), float(extra["wall_time"])
-        stream.load_state({"perm": extra["perm"], "pos": extra["pos"], "generator": data_gen.get_state()})
+    resumed = rs.resume(state_path, {"model": model.to_dict()}, cfg, model)
+    if resumed is not None:
+        step, extra, card = resumed
+        images_seen, wall = int(extra["images_seen"]), float(extra["wall_time"])
         history = list(card.get("eval_history", []))
     if rank == 0:
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -402,10 +439,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
     def save_state() -> None:
         if rank != 0:
             return
-        tensors, part = pack_state(model=model, ema=ema, optimizer=opt, step=step,
-                                   rng={"data": data_gen, "noise": noise_gen},
-                                   extra={"images_seen": images_seen, "wall_time": wall,
-                                          "perm": stream.perm, "pos": stream.pos})
+        tensors, part = rs.pack(model, step, {"images_seen": images_seen, "wall_time": wall})
         save_checkpoint(state_path, tensors, {"model": model.to_dict(), "config": cfg.to_dict(),
                                               "eval_history": history, **part})
         export_model(model_path, ema, model, model_card())
