@@ -51,62 +51,65 @@ def motion_kernel(size: int, intensity: float = 0.5, generator: torch.Generator 
 
     ``intensity`` in [0, 1]: 0 gives straight lines, 1 strongly curved, jerky paths.
     """
-    size = check_positive_int(size, "kernel size")
-    intensity = float(intensity)
-    if not 0.0 <= intensity <= 1.0:
-        raise ValueError(f"motion intensity must be in [0, 1], got {intensity!r}")
-    if size == 1:
-        return torch.ones((1, 1), dtype=dtype, device=device)
-    n = 4 * size
-    gdev = generator_device(generator)
-    kw = dict(generator=generator, dtype=torch.float64, device=gdev)
-    u = torch.rand(2, **kw)
-    z = torch.randn(n, **kw)
-    jerk_u = torch.rand(n, **kw)
-    jerk_a = torch.rand(n, **kw)
-    u, z, jerk_u, jerk_a = u.cpu(), z.cpu(), jerk_u.cpu(), jerk_a.cpu()
-
-    length = (size - 1) * (0.5 + 0.5 * float(u[1]))
-    s = intensity * math.pi / (5 * math.sqrt(n))
-    omega = torch.zeros(n, dtype=torch.float64)
-    w = 0.0
-    for k in range(n):
-        w = 0.8 * w + s * float(z[k])
-        omega[k] = w
-    jerks = torch.where(jerk_u < 2 * intensity / n, (2 * jerk_a - 1) * math.pi * intensity, 0.0)
-    heading = 2 * math.pi * float(u[0]) + torch.cumsum(omega + jerks, 0)
-    steps = (length / n) * torch.stack([torch.cos(heading), torch.sin(heading)], dim=1)
-    verts = torch.cat([torch.zeros(1, 2, dtype=torch.float64), torch.cumsum(steps, 0)])
-
-    sub = 4
-    t = torch.arange(sub, dtype=torch.float64)[None, :, None] / sub
-    pts = (verts[:-1, None] + t * (verts[1:] - verts[:-1])[:, None]).reshape(-1, 2)
-    pts = torch.cat([pts, verts[-1:]])  # [n * sub + 1, 2] as (x = column, y = row)
-
-    centre = float(size // 2)
-    lo = -pts.min(dim=0).values
-    hi = (size - 1) - pts.max(dim=0).values
-    shift = torch.minimum(torch.maximum(centre - pts.mean(dim=0), lo), hi)
-    pts = (pts + shift).clamp(0.0, size - 1.0)
-
-    x, y = pts[:, 0], pts[:, 1]
-    j0 = x.floor().clamp(0, size - 2)
-    i0 = y.floor().clamp(0, size - 2)
-    fx, fy = x - j0, y - i0
-    i0, j0 = i0.long(), j0.long()
-    k = torch.zeros(size * size, dtype=torch.float64)
-    for di, dj, wgt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
-                        (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
-        k.index_add_(0, (i0 + di) * size + (j0 + dj), wgt)
-    k = k.clamp_min(0).reshape(size, size)
-    return (k / k.sum()).to(dtype=dtype, device=device)
+    return motion_kernels(1, size, intensity, generator, dtype, device)[0]
 
 
 def motion_kernels(batch_size: int, size: int, intensity: float = 0.5,
                    generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64,
                    device: torch.device | str | None = None) -> torch.Tensor:
-    """``batch_size`` independent :func:`motion_kernel` draws: ``[B, size, size]``."""
+    """``batch_size`` independent :func:`motion_kernel` draws: ``[B, size, size]``.
+
+    The random numbers are drawn kernel by kernel in :func:`motion_kernel`'s order (u[2],
+    z[n], the jerks' u[n] and angles[n]), so B draws equal B successive single draws from the
+    same generator; the paths and splats are then computed for the whole batch at once."""
     b = check_batch_size(batch_size)
     if b is None:
         raise ValueError("batch_size must be a positive int for motion_kernels")
-    return torch.stack([motion_kernel(size, intensity, generator, dtype, device) for _ in range(b)])
+    size = check_positive_int(size, "kernel size")
+    intensity = float(intensity)
+    if not 0.0 <= intensity <= 1.0:
+        raise ValueError(f"motion intensity must be in [0, 1], got {intensity!r}")
+    if size == 1:
+        return torch.ones((b, 1, 1), dtype=dtype, device=device)
+    n = 4 * size
+    kw = dict(generator=generator, dtype=torch.float64, device=generator_device(generator))
+    draws = [torch.cat([torch.rand(2, **kw), torch.randn(n, **kw), torch.rand(n, **kw), torch.rand(n, **kw)])
+             for _ in range(b)]
+    d = torch.stack(draws).cpu()  # [B, 2 + 3n]
+    u, z, jerk_u, jerk_a = d[:, :2], d[:, 2:2 + n], d[:, 2 + n:2 + 2 * n], d[:, 2 + 2 * n:]
+
+    length = (size - 1) * (0.5 + 0.5 * u[:, 1])  # [B]
+    s = intensity * math.pi / (5 * math.sqrt(n))
+    omega = torch.zeros(b, n, dtype=torch.float64)
+    w = torch.zeros(b, dtype=torch.float64)
+    for k in range(n):  # the AR(1) angular velocity, all kernels at once
+        w = 0.8 * w + s * z[:, k]
+        omega[:, k] = w
+    jerks = torch.where(jerk_u < 2 * intensity / n, (2 * jerk_a - 1) * math.pi * intensity, 0.0)
+    heading = 2 * math.pi * u[:, :1] + torch.cumsum(omega + jerks, 1)  # [B, n]
+    steps = (length / n)[:, None, None] * torch.stack([torch.cos(heading), torch.sin(heading)], dim=2)
+    verts = torch.cat([torch.zeros(b, 1, 2, dtype=torch.float64), torch.cumsum(steps, 1)], dim=1)  # [B, n+1, 2]
+
+    sub = 4
+    t = torch.arange(sub, dtype=torch.float64)[None, None, :, None] / sub
+    pts = (verts[:, :-1, None] + t * (verts[:, 1:] - verts[:, :-1])[:, :, None]).reshape(b, -1, 2)
+    pts = torch.cat([pts, verts[:, -1:]], dim=1)  # [B, n * sub + 1, 2] as (x = column, y = row)
+
+    centre = float(size // 2)
+    lo = -pts.min(dim=1).values
+    hi = (size - 1) - pts.max(dim=1).values
+    shift = torch.minimum(torch.maximum(centre - pts.mean(dim=1), lo), hi)  # [B, 2]
+    pts = (pts + shift[:, None]).clamp(0.0, size - 1.0)
+
+    x, y = pts[..., 0], pts[..., 1]
+    j0 = x.floor().clamp(0, size - 2)
+    i0 = y.floor().clamp(0, size - 2)
+    fx, fy = x - j0, y - i0
+    i0, j0 = i0.long(), j0.long()
+    base = torch.arange(b)[:, None] * (size * size)
+    k = torch.zeros(b * size * size, dtype=torch.float64)
+    for di, dj, wgt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
+                        (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        k.index_add_(0, (base + (i0 + di) * size + (j0 + dj)).flatten(), wgt.flatten())
+    k = k.clamp_min(0).reshape(b, size, size)
+    return (k / k.sum(dim=(1, 2), keepdim=True)).to(dtype=dtype, device=device)
