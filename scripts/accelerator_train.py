@@ -26,7 +26,9 @@ Steps (the device tool sends the tracked and untracked files, 64 MiB at most, an
     python scripts/accelerator_train.py pack                 # .devdata/: the training sets, lossless
     python scripts/accelerator_train.py run --smoke --out /tmp/accel-smoke   # every phase, a few steps, CPU
     python scripts/accelerator_train.py slim                 # untrack the big folders (index only), print the size that travels
-    # device: one call, carry [".devdata"], timeout_s 570
+    # device: one call, carry [".devdata"], timeout_s 580 (about 8.5 minutes: decoding, a preflight,
+    # 180 s of priors, 220 s of EPS and Palette; a second `run` on the same warm machine resumes the
+    # runs in --work with the same settings, another --work starts over)
     PYTHONUNBUFFERED=1 python3 scripts/accelerator_train.py run --out $OUT
     # here, right after the call
     python scripts/accelerator_train.py unslim               # the index back to HEAD
@@ -424,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--work", default="/tmp/accel-work")
     r.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu (ignored with --smoke: cpu)")
     r.add_argument("--batch", type=int, default=256)
-    r.add_argument("--prior-seconds", type=float, default=200.0)
-    r.add_argument("--finetune-seconds", type=float, default=240.0)
+    r.add_argument("--prior-seconds", type=float, default=180.0)
+    r.add_argument("--finetune-seconds", type=float, default=220.0)
     r.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     r.add_argument("--smoke", action="store_true", help="3 steps of batch 8 per run on the CPU")
     r.add_argument("--no-preflight", dest="preflight", action="store_false",
