@@ -291,3 +291,33 @@ def test_preset_pilot_compares_snapshots_at_equal_wall_time_and_step(tiny_root, 
     assert f"| b step 2 | {loss} | {rows[1]['loss']:.4f} | {loss} |" in md
     assert f"| b step 4 | {loss} | outside the run | {rows[1]['loss']:.4f} |" in md
     assert pp._interp([(0.0, 1.0), (2.0, 3.0)], 1.0) == 2.0 and pp._interp([(0.0, 1.0)], 5.0) is None
+
+
+def test_calibration_split_on_test_and_on_training_images(tiny_root, tmp_path, monkeypatch):
+    """benchmarks/calibration_split.py on an untrained tiny model: the table's rows for all,
+    observed and missing pixels, coverage within [0, 1] beside the exchangeable reference; with
+    --train-images the images come from the network's training file (its card's data)."""
+    import shutil
+
+    from exactpost.inference import zoo
+
+    root = tmp_path / "models"
+    shutil.copytree(tiny_root, root)
+    card_path = root / "tiny-32" / "eps.json"
+    card = json.loads(card_path.read_text())
+    card["data"] = {"path": str(_tiny_npz(tmp_path / "train.npz")), "key": None, "split": [0, 1], "image_size": 32}
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setenv(zoo.ENV_VAR, str(root))
+    cs = _load("calibration_split")
+    for extra, n, where in (([], 2, "test"), (["--train-images"], 3, "random training")):
+        doc = cs.main(["--model", "tiny-32", "--data", "demo", "--images", str(n), "--samples", "3", "--nfe", "2",
+                       "--out", str(tmp_path / f"cs{n}"), *extra])
+        assert doc["reference"] == pytest.approx(0.5) and doc["train_images"] == bool(extra)
+        (row,) = doc["rows"]
+        assert row["all"]["pixels"] == n * 3 * 32 * 32 == row["observed"]["pixels"] + row["missing"]["pixels"]
+        assert all(0 <= row[k]["coverage80"] <= 1 for k in ("all", "observed", "missing"))
+        assert f"{n} {where} images, K = 3" in (tmp_path / f"cs{n}.md").read_text()
+    truth, op, y = cs.training_set_measurement(card, 3, 0.05, "tiny-32")
+    with np.load(tmp_path / "train.npz") as z:
+        pool = torch.from_numpy(z["images"][z["split"] < 2]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert all(any(torch.equal(t, p) for p in pool) for t in truth) and y.shape == truth.shape
