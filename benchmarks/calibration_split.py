@@ -26,6 +26,7 @@ import torch
 
 from exactpost.bench import images_bench as ib
 from exactpost.bench.gmm_bench import derived_seed
+from exactpost.bench.images_setup import _find_data_file, resolve_family
 from exactpost.core.tasks import make_operator, simulate
 from exactpost.io.images import load_images, save_text, to_float
 from exactpost.core.metrics import exchangeable_coverage, rank_interval_coverage, spread_skill
@@ -47,11 +48,13 @@ def split_scores(samples: torch.Tensor, truth: torch.Tensor, observed: torch.Ten
 
 def training_set_measurement(card: dict, n: int, sigma_y: float, model: str):
     """(truth [n, 3, H, W], operator, y): n images drawn at random (seed 0) from the training
-    data named in ``card["data"]`` (a path relative to the repository root or absolute), and
+    data named in ``card["data"]`` (found as ``bench images`` finds the prior card's data), and
     their inpaint-random measurement (seeded by the model name)."""
     d = card["data"]
-    path = Path(d["path"])
-    path = path if path.is_absolute() else Path(__file__).resolve().parents[1] / path
+    family, root = resolve_family(model)
+    path = _find_data_file(str(d["path"]), root, family)
+    if path is None:
+        raise SystemExit(f"the EPS card's training data {d['path']} is not found")
     imgs = load_images(path, d.get("key"), d.get("split"), d.get("image_size"))
     pick = torch.randperm(len(imgs), generator=torch.Generator().manual_seed(0))[:n]
     truth = to_float(imgs[pick])
