@@ -632,6 +632,42 @@ def test_prior_then_finetune_then_sample_end_to_end(data, tmp_path, capsys):
         assert im.size == (2 * SIZE + 1, 2 * SIZE + 1)  # a 2x2 grid with 1-pixel gaps
 
 
+def test_a_resumed_runs_card_keeps_the_origin_it_started_from(data, tmp_path, capsys):
+    """Fine-tune from a prior, replace the prior's file (as re-bundling does), resume: the
+    card still names the sha256 the run started from, not the replacement's. A state saved
+    before ``origin`` was recorded takes it from the run's own exported card."""
+    prior_a = tmp_path / "prior" / "model"
+    _trained_looking_prior(data, prior_a)
+    sha_a = json.loads(prior_a.with_suffix(".json").read_text())["sha256"]
+    run = tmp_path / "eps"
+    args = _train_args(data, run, steps=2)
+    args[0] = "finetune"
+    rc, err = _main(args + ["--init-from", str(prior_a)], capsys)
+    assert rc == 0, err
+    card = json.loads((run / "model.json").read_text())
+    assert card["init_card_sha256"] == sha_a and card["prior_card_sha256"] == sha_a
+
+    cfg = _config(data, objective="prior")  # another prior written at the same path
+    other, _ = build_model(cfg, cfg.objective_spec(), torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        for q in other.parameters():
+            q.add_(0.01)
+    export_model(prior_a, EMA(other, 50.0, 0.05), other, {"note": "replacement"})
+    assert json.loads(prior_a.with_suffix(".json").read_text())["sha256"] != sha_a
+    args[args.index("--steps") + 1] = "4"
+    rc, err = _main(args + ["--init-from", str(prior_a)], capsys)
+    assert rc == 0, err
+    card = json.loads((run / "model.json").read_text())
+    assert card["steps"] == 4 and card["init_card_sha256"] == sha_a and card["prior_card_sha256"] == sha_a
+
+    from exactpost.training.loop import _saved_origin
+
+    legacy = {"config": {}}  # no "origin": the exported card's init_* entries are used
+    assert _saved_origin(legacy, run / "model") == {"init_from": str(prior_a), "init_card_sha256": sha_a,
+                                                    "prior_card_sha256": sha_a}
+    assert _saved_origin(legacy, tmp_path / "nowhere" / "model") is None
+
+
 # --- task ids and precision -----------------------------------------------------------------
 def test_a_model_trained_on_a_task_subset_restores_with_its_training_embedding(data, tmp_path):
     """Fine-tuned on sr4 alone (registry row 2, not the card list's first position 0): the card

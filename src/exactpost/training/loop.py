@@ -417,6 +417,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
         step, extra, card = resumed
         images_seen, wall = int(extra["images_seen"]), float(extra["wall_time"])
         history = list(card.get("eval_history", []))
+        origin = _saved_origin(card, model_path) or origin
     if rank == 0:
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
@@ -441,7 +442,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
             return
         tensors, part = rs.pack(model, step, {"images_seen": images_seen, "wall_time": wall})
         save_checkpoint(state_path, tensors, {"model": model.to_dict(), "config": cfg.to_dict(),
-                                              "eval_history": history, **part})
+                                              "eval_history": history, "origin": origin, **part})
         export_model(model_path, ema, model, model_card())
 
     bar = None
@@ -522,6 +523,25 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
 #: such as steps, checkpoint/eval/log intervals, threads or the progress bar, may change).
 RESUME_FIXED = ("objective", "tasks", "sigma_y", "conditioning", "uniform_frac", "data", "data_key", "data_split",
                 "image_size", "preset", "unet", "init_from", "batch_size", "seed")
+
+
+ORIGIN_KEYS = ("init_from", "init_card_sha256", "prior_card_sha256", "init_conditioning")
+
+
+def _saved_origin(saved: dict, model_path: Path) -> Optional[dict]:
+    """What a resumed run started from, as it was when it started: the state's ``origin``, or
+    for a state saved before that was recorded, the ``init_*`` entries of the run's exported
+    card (``model_path``.json); None when neither is there. A run's card keeps describing its
+    real start even after the file ``init_from`` names is replaced (e.g. re-bundled)."""
+    if isinstance(saved.get("origin"), dict):
+        return dict(saved["origin"])
+    card_path = model_path.with_suffix(".json")
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError):
+        return None
+    found = {k: card[k] for k in ORIGIN_KEYS if k in card} if isinstance(card, dict) else {}
+    return found or None
 
 
 def _check_same_problem(saved: Optional[dict], cfg: TrainConfig, run: Path) -> None:
