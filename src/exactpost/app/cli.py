@@ -387,7 +387,11 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun/accelerate, rank 0 reports
         return 0
-    print(f"done: {cfg.steps} steps; model in {Path(cfg.run_dir) / 'model.safetensors'}")
+    try:  # the run's own count: a rerun past --steps trains nothing and keeps its later step
+        steps = int(json.loads((run / "model.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        steps = cfg.steps
+    print(f"done: {steps} steps; model in {run / 'model.safetensors'}")
     if metrics:
         print("held-out: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "step"))
     return 0

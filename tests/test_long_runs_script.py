@@ -1,0 +1,66 @@
+"""scripts/long_runs.sh: the three runs of a family chain (prior -> EPS and Palette from that
+prior, equal steps), a rerun skips finished runs without touching their states (and reports
+their own step), and an unknown family is a one-line exit 2. Runs the real script for 2
+steps on synthetic data in a scratch directory (the bundled faces prior initialises the
+CIFAR prior, as in the repo)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "long_runs.sh"
+
+
+def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "exactpost"  # the console script of this environment
+    assert exe.exists(), f"{exe} missing: install the package (make install)"
+    full_env = dict(os.environ, EXACTPOST=str(exe), OMP_NUM_THREADS="1", **env)
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_cifar_chain_runs_prior_eps_palette_and_a_rerun_skips_them(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "cifar10_32.npz", train_images=rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8),
+             test_images=rng.integers(0, 256, (70, 32, 32, 3), dtype=np.uint8))
+    work = tmp_path / "work"
+    (work / "models").mkdir(parents=True)
+    (work / "models" / "faces-32").symlink_to(ROOT / "models" / "faces-32")
+
+    done = _run(["cifar"], work, STEPS="2", DATA_DIR=str(data))
+    assert done.returncode == 0, done.stderr
+    runs = {kind: work / "runs" / f"cifar32-{kind}" for kind in ("prior", "eps-long", "palette-long")}
+    cards = {kind: json.loads((run / "model.json").read_text()) for kind, run in runs.items()}
+    prior_sha = cards["prior"]["sha256"]
+    assert cards["prior"]["objective"]["kind"] == "prior" and cards["prior"]["init_from"] == "models/faces-32/prior"
+    for kind, objective in (("eps-long", "eps"), ("palette-long", "palette")):
+        card = cards[kind]
+        assert card["objective"]["kind"] == objective and card["steps"] == cards["prior"]["steps"] == 2
+        assert card["init_from"] == "runs/cifar32-prior/model" and card["prior_card_sha256"] == prior_sha
+        assert card["images_seen"] == 128 and card["precision"] == "fp32" and card["channels_last"] is True
+
+    states = {kind: _sha(run / "state.safetensors") for kind, run in runs.items()}
+    again = _run(["cifar"], work, STEPS="1", DATA_DIR=str(data))  # a lower target: nothing to train
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("done: 2 steps;") == 3, again.stdout  # each run's own step, not the target
+    assert {kind: _sha(run / "state.safetensors") for kind, run in runs.items()} == states
+
+
+def test_an_unknown_family_is_one_line_and_exit_2(tmp_path):
+    bad = _run(["imagenet"], tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "long_runs.sh: unknown family 'imagenet'; use faces or cifar"]
