@@ -9,8 +9,9 @@
 #   STEPS=31000 scripts/long_runs.sh faces      # a later, longer target
 #
 # Rerunning continues where the runs are: a finished run is skipped in seconds (its state is
-# at STEPS), a stopped one resumes bit-exactly. A stop (SIGTERM: `kill -TERM <pid>`) saves
-# the running step and ends the chain (exit 143), so the next session reruns the same line.
+# at STEPS), a stopped one resumes bit-exactly. SIGTERM (or Ctrl-C) to this script is passed
+# to the running job, which saves its step; the chain then ends with exit 143, and the next
+# session reruns the same line.
 # One family per core: `taskset -c 0 env OMP_NUM_THREADS=1 scripts/long_runs.sh faces`.
 # EPS and Palette start from runs/<f>32-prior/model, which stays in the tree until they end;
 # the settings are the bundled models' recipes (their cards' `command`), 1 thread, fp32
@@ -36,14 +37,32 @@ case "$family" in
     exit 2 ;;
 esac
 
+child=
+stopped=0
+trap 'stopped=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null || true' TERM INT
+
+run() {  # one job in the background, so that a stop reaches it and the chain waits for its save
+  if [ "$stopped" -eq 1 ]; then exit 143; fi
+  "$@" &
+  child=$!
+  local rc=0
+  while :; do
+    wait "$child" && rc=0 || rc=$?
+    kill -0 "$child" 2>/dev/null || break  # still alive: wait was cut short by the trapped signal
+  done
+  child=
+  if [ "$rc" -ne 0 ]; then exit "$rc"; fi
+  if [ "$stopped" -eq 1 ]; then exit 143; fi
+}
+
 common=(--batch-size 64 --seed 0 --threads 1 --no-progress --channels-last true --precision fp32
         --checkpoint-every 250 --steps "$steps")
 
-"$exactpost" "${prior[@]}" "${common[@]}" --lr 3e-4 --eval-every 1000 --eval-images 16 --snapshot-every 2000 \
+run "$exactpost" "${prior[@]}" "${common[@]}" --lr 3e-4 --eval-every 1000 --eval-images 16 --snapshot-every 2000 \
   --run-dir "runs/$tag-prior"
 
 for objective in eps palette; do
-  "$exactpost" finetune --objective "$objective" "${data[@]}" "${common[@]}" --lr 1e-4 --warmup-steps 200 \
+  run "$exactpost" finetune --objective "$objective" "${data[@]}" "${common[@]}" --lr 1e-4 --warmup-steps 200 \
     --sigma-y 0.05 --uniform-frac 0.5 --eval-every 500 --eval-images 64 --snapshot-every 1000 \
     --init-from "runs/$tag-prior/model" --run-dir "runs/$tag-$objective-long"
 done

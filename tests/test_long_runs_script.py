@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +21,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "long_runs.sh"
 
 
-def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+def _env(**env: str) -> dict:
     exe = Path(sys.executable).parent / "exactpost"  # the console script of this environment
     assert exe.exists(), f"{exe} missing: install the package (make install)"
-    full_env = dict(os.environ, EXACTPOST=str(exe), OMP_NUM_THREADS="1", **env)
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+    return dict(os.environ, EXACTPOST=str(exe), OMP_NUM_THREADS="1", **env)
+
+
+def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=_env(**env), capture_output=True, text=True,
                           timeout=600)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_the_cifar_chain_runs_prior_eps_palette_and_a_rerun_skips_them(tmp_path):
+def _cifar_like(tmp_path: Path) -> tuple[Path, Path]:
+    """(data folder with a synthetic cifar10_32.npz, work folder whose models/faces-32 is the repo's)."""
     rng = np.random.default_rng(0)
     data = tmp_path / "data"
     data.mkdir()
@@ -40,7 +42,15 @@ def test_the_cifar_chain_runs_prior_eps_palette_and_a_rerun_skips_them(tmp_path)
     work = tmp_path / "work"
     (work / "models").mkdir(parents=True)
     (work / "models" / "faces-32").symlink_to(ROOT / "models" / "faces-32")
+    return data, work
 
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_cifar_chain_runs_prior_eps_palette_and_a_rerun_skips_them(tmp_path):
+    data, work = _cifar_like(tmp_path)
     done = _run(["cifar"], work, STEPS="2", DATA_DIR=str(data))
     assert done.returncode == 0, done.stderr
     runs = {kind: work / "runs" / f"cifar32-{kind}" for kind in ("prior", "eps-long", "palette-long")}
@@ -58,6 +68,32 @@ def test_the_cifar_chain_runs_prior_eps_palette_and_a_rerun_skips_them(tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("done: 2 steps;") == 3, again.stdout  # each run's own step, not the target
     assert {kind: _sha(run / "state.safetensors") for kind, run in runs.items()} == states
+
+
+def test_sigterm_to_the_chain_saves_the_running_job_and_ends_it(tmp_path):
+    """SIGTERM to the script reaches the training job (which saves the step it is on) and the
+    chain stops there with exit 143: no fine-tuning starts after a stopped prior."""
+    data, work = _cifar_like(tmp_path)
+    chain = subprocess.Popen(["bash", str(SCRIPT), "cifar"], cwd=work, env=_env(STEPS="100000", DATA_DIR=str(data)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = work / "runs" / "cifar32-prior" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    try:
+        while not metrics.exists():  # opened when the training loop starts
+            assert chain.poll() is None, chain.communicate()
+            assert time.monotonic() < deadline, "the prior did not start within 300 s"
+            time.sleep(0.05)
+        chain.send_signal(signal.SIGTERM)
+        _, err = chain.communicate(timeout=300)
+    finally:
+        if chain.poll() is None:
+            chain.kill()
+            chain.wait()
+    assert chain.returncode == 143, err
+    assert "stopped by SIGTERM at step" in err and "state saved" in err
+    state = json.loads((work / "runs" / "cifar32-prior" / "state.json").read_text())
+    assert state["train_state"]["step"] >= 1
+    assert not (work / "runs" / "cifar32-eps-long").exists()
 
 
 def test_an_unknown_family_is_one_line_and_exit_2(tmp_path):
