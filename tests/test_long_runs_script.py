@@ -62,6 +62,9 @@ def test_the_cifar_chain_runs_prior_eps_palette_and_a_rerun_skips_them(tmp_path)
         assert card["objective"]["kind"] == objective and card["steps"] == cards["prior"]["steps"] == 2
         assert card["init_from"] == "runs/cifar32-prior/model" and card["prior_card_sha256"] == prior_sha
         assert card["images_seen"] == 128 and card["precision"] == "fp32" and card["channels_last"] is True
+        bundled = json.loads((ROOT / "models" / "cifar10-32" / f"{objective}.json").read_text())
+        assert card["objective"]["conditioning"] == bundled["objective"]["conditioning"]  # the same network inputs
+        assert card["config"]["sigma_y"] == bundled["config"]["sigma_y"] and card["config"]["lr"] == bundled["config"]["lr"]
 
     states = {kind: _sha(run / "state.safetensors") for kind, run in runs.items()}
     again = _run(["cifar"], work, STEPS="1", DATA_DIR=str(data))  # a lower target: nothing to train
