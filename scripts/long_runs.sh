@@ -9,7 +9,7 @@
 #   STEPS=31000 scripts/long_runs.sh faces      # a later, longer target
 #
 # Rerunning continues where the runs are: a finished run is skipped in seconds (its state is
-# at STEPS), a stopped one resumes bit-exactly. SIGTERM (or Ctrl-C) to this script is passed
+# at STEPS, or it was removed and the run's model kept: final), a stopped one resumes bit-exactly. SIGTERM (or Ctrl-C) to this script is passed
 # to the running job, which saves its step; the chain then ends with exit 143, and the next
 # session reruns the same line.
 # One family per core: `taskset -c 0 env OMP_NUM_THREADS=1 scripts/long_runs.sh faces`.
@@ -55,14 +55,23 @@ run() {  # one job in the background, so that a stop reaches it and the chain wa
   if [ "$stopped" -eq 1 ]; then exit 143; fi
 }
 
+stage() {  # stage RUN_DIR COMMAND...: train RUN_DIR unless it is final (model kept, state removed)
+  local dir=$1; shift
+  if [ -e "$dir/model.json" ] && [ ! -e "$dir/state.json" ]; then
+    echo "long_runs.sh: $dir is final (its model is kept, its state removed); skipping it" >&2
+    return
+  fi
+  run "$@" --run-dir "$dir"
+}
+
 common=(--batch-size 64 --seed 0 --threads 1 --no-progress --channels-last true --precision fp32
         --checkpoint-every 250 --steps "$steps")
 
-run "$exactpost" "${prior[@]}" "${common[@]}" --lr 3e-4 --eval-every 1000 --eval-images 16 --snapshot-every 2000 \
-  --run-dir "runs/$tag-prior"
+stage "runs/$tag-prior" "$exactpost" "${prior[@]}" "${common[@]}" --lr 3e-4 --eval-every 1000 --eval-images 16 \
+  --snapshot-every 2000
 
 for objective in eps palette; do
-  run "$exactpost" finetune --objective "$objective" "${data[@]}" "${common[@]}" --lr 1e-4 --warmup-steps 200 \
-    --sigma-y 0.05 --uniform-frac 0.5 --eval-every 500 --eval-images 64 --snapshot-every 1000 \
-    --init-from "runs/$tag-prior/model" --run-dir "runs/$tag-$objective-long"
+  stage "runs/$tag-$objective-long" "$exactpost" finetune --objective "$objective" "${data[@]}" "${common[@]}" \
+    --lr 1e-4 --warmup-steps 200 --sigma-y 0.05 --uniform-frac 0.5 --eval-every 500 --eval-images 64 \
+    --snapshot-every 1000 --init-from "runs/$tag-prior/model"
 done

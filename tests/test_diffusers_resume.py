@@ -118,6 +118,21 @@ def test_a_rerun_that_changes_the_problem_is_refused(env, capsys):
     assert rc == 2 and "seed" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_finished_run_without_its_state_is_not_trained_again(env, capsys):
+    """The finished run's state removed, the same command refuses in one line (exit 2)
+    instead of fine-tuning from step 0 over the exported model folder."""
+    assert main(command(env, "final", "--steps", "2")) == 0
+    for name in ("state.json", "state.safetensors"):
+        (env / "final" / name).unlink()
+    kept = weights(env, "final")
+    capsys.readouterr()
+    rc = main(command(env, "final", "--steps", "2"))
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "already holds a trained model (model/exactpost.json)" in err
+    assert weights(env, "final") == kept and not (env / "final" / "state.json").exists()
+
+
 def test_bf16_precision_as_in_exactposts_trainer(env):
     from safetensors.torch import load_file
 

@@ -1,6 +1,6 @@
 """scripts/long_runs.sh: the three runs of a family chain (prior -> EPS and Palette from that
 prior, equal steps), a rerun skips finished runs without touching their states (and reports
-their own step), and an unknown family is a one-line exit 2. Runs the real script for 2
+their own step) or their models (a final run, its state removed), and an unknown family is a one-line exit 2. Runs the real script for 2
 steps on synthetic data in a scratch directory (the bundled faces prior initialises the
 CIFAR prior, as in the repo)."""
 
@@ -71,6 +71,15 @@ def test_the_cifar_chain_runs_prior_eps_palette_and_a_rerun_skips_them(tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("done: 2 steps;") == 3, again.stdout  # each run's own step, not the target
     assert {kind: _sha(run / "state.safetensors") for kind, run in runs.items()} == states
+
+    # the prior is final: its state is removed (as in the repo), its model stays for EPS and Palette
+    for name in ("state.json", "state.safetensors"):
+        (runs["prior"] / name).unlink()
+    model = _sha(runs["prior"] / "model.safetensors")
+    final = _run(["cifar"], work, STEPS="2", DATA_DIR=str(data))
+    assert final.returncode == 0, final.stderr
+    assert "runs/cifar32-prior is final" in final.stderr and final.stdout.count("done: 2 steps;") == 2, final
+    assert _sha(runs["prior"] / "model.safetensors") == model and not (runs["prior"] / "state.json").exists()
 
 
 def test_sigterm_to_the_chain_saves_the_running_job_and_ends_it(tmp_path):

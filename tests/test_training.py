@@ -427,6 +427,23 @@ def test_rerunning_with_another_architecture_is_refused(data, tmp_path, capsys):
     assert _state_step(run) == 2
 
 
+def test_a_finished_run_without_its_state_is_not_trained_again_over_its_model(data, tmp_path, capsys):
+    """A final run whose state was removed keeps its model: the same command again is a
+    one-line refusal, not a fresh start from step 0 that overwrites the model and appends a
+    second history to its metrics."""
+    run = tmp_path / "run"
+    rc, err = _main(_train_args(data, run, steps=2, checkpoint_every=1), capsys)
+    assert rc == 0, err
+    for name in ("state.json", "state.safetensors"):
+        (run / name).unlink()
+    kept = {name: (run / name).read_bytes() for name in ("model.json", "model.safetensors", "metrics.jsonl")}
+    rc, err = _main(_train_args(data, run, steps=2, checkpoint_every=1), capsys)
+    _assert_one_line_error(rc, err)
+    assert "already holds a trained model (model.json)" in err and "new --run-dir" in err
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    assert not (run / "state.json").exists()
+
+
 def test_resuming_with_another_objective_of_the_same_shape_is_refused(data, tmp_path, capsys):
     """EPS and Palette networks have the same inputs (4 conditioning channels), so only the
     saved config can tell them apart: switching objective (or data, tasks, sigma_y) on

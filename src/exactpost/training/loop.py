@@ -413,6 +413,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
     step, images_seen, wall = 0, 0, 0.0
     history: list[dict] = []
     resumed = rs.resume(state_path, {"model": model.to_dict()}, cfg, model)
+    if resumed is None:
+        refuse_fresh_start(run, checkpoint_paths(model_path)[1])
     if resumed is not None:
         step, extra, card = resumed
         images_seen, wall = int(extra["images_seen"]), float(extra["wall_time"])
@@ -542,6 +544,16 @@ def _saved_origin(saved: dict, model_path: Path) -> Optional[dict]:
         return None
     found = {k: card[k] for k in ORIGIN_KEYS if k in card} if isinstance(card, dict) else {}
     return found or None
+
+
+def refuse_fresh_start(run: Path, card: Path) -> None:
+    """Refuse to train ``run`` from step 0 when it already holds an exported model (its card
+    ``card``) but no state to resume -- a finished run whose state was removed: a fresh start
+    would overwrite that model and append a second history to its metrics (one line)."""
+    if card.exists():
+        raise ValueError(f"{run} already holds a trained model ({card.relative_to(run)}) but no training state "
+                         f"to resume; start a new --run-dir (it can --init-from this model), or delete {run} "
+                         f"to train it again from scratch")
 
 
 def _check_same_problem(saved: Optional[dict], cfg: TrainConfig, run: Path) -> None:
