@@ -13,11 +13,12 @@ it was rewritten (2026-12-03) for the bundled x_reg models: the test again guard
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import numpy as np
 import torch
 
+from exactpost.io.atomic import write_atomic
 from exactpost.inference.restoration import eps_restore, palette_restore
 from exactpost.core.tasks import make_operator, simulate, task_names
 from exactpost.nets import load_model
@@ -44,6 +45,16 @@ def reference_means(families=FAMILIES, kinds=("eps", "palette"), tasks=None) -> 
     return out
 
 
-if __name__ == "__main__":
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", help="the .npz to write (tests/data/bundled_reference_means.npz)")
+    args = ap.parse_args(argv)
+    if not args.out.endswith(".npz"):
+        ap.error(f"{args.out}: the reference file must end in .npz")
     torch.set_num_threads(1)
-    np.savez_compressed(sys.argv[1], **reference_means())
+    means = reference_means()
+    write_atomic(args.out, lambda f: np.savez_compressed(f, **means))
+
+
+if __name__ == "__main__":
+    main()

@@ -37,23 +37,7 @@ case "$family" in
     exit 2 ;;
 esac
 
-child=
-stopped=0
-trap 'stopped=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null || true' TERM INT
-
-run() {  # one job in the background, so that a stop reaches it and the chain waits for its save
-  if [ "$stopped" -eq 1 ]; then exit 143; fi
-  "$@" &
-  child=$!
-  local rc=0
-  while :; do
-    wait "$child" && rc=0 || rc=$?
-    kill -0 "$child" 2>/dev/null || break  # still alive: wait was cut short by the trapped signal
-  done
-  child=
-  if [ "$rc" -ne 0 ]; then exit "$rc"; fi
-  if [ "$stopped" -eq 1 ]; then exit 143; fi
-}
+. "$(dirname "$0")/chain.sh"  # run: one job at a time, a stop reaches it
 
 stage() {  # stage RUN_DIR COMMAND...: train RUN_DIR unless it is final (model kept, state removed)
   local dir=$1; shift

@@ -1,8 +1,8 @@
 """scripts/long_runs.sh: the three runs of a family chain (prior -> EPS and Palette from that
 prior, equal steps), a rerun skips finished runs without touching their states (and reports
-their own step) or their models (a final run, its state removed), and an unknown family is a one-line exit 2. Runs the real script for 2
-steps on synthetic data in a scratch directory (the bundled faces prior initialises the
-CIFAR prior, as in the repo)."""
+their own step) or their models (a final run, its state removed), and an unknown family is a
+one-line exit 2. Runs the real script for 2 steps on synthetic data in a scratch directory
+(the bundled faces prior initialises the CIFAR prior, as in the repo)."""
 
 from __future__ import annotations
 
