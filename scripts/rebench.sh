@@ -15,6 +15,8 @@
 #      issue 21, so no separate calibration run) and the EPS NFE sweep with the default sampler;
 #      both resume from their caches, so rerunning them costs seconds once done
 #   6. out of distribution (benchmarks/ood.py; skipped when made for this EPS model's steps)
+#   7. the EPS mean's error split into measured and unmeasured directions (benchmarks/error_split.py,
+#      32 test images, about 2 minutes)
 # Rerunning after a stop continues: finished stages are skipped, the benches resume. SIGTERM or
 # Ctrl-C to this script reaches the running job; the chain then ends with exit 143.
 set -euo pipefail
@@ -117,3 +119,6 @@ if [ "$(field "$results/ood_$name.json" eps_card_steps)" = "$(field "runs/$tag-e
 else
   run "$python" benchmarks/ood.py --model "$name" "${ood[@]}" --threads 1
 fi
+
+# 7. where the EPS mean's error lies
+run "$python" benchmarks/error_split.py --model "$name" "${quality[@]}" --n 32 --threads 1

@@ -321,3 +321,47 @@ def test_calibration_split_on_test_and_on_training_images(tiny_root, tmp_path, m
     with np.load(tmp_path / "train.npz") as z:
         pool = torch.from_numpy(z["images"][z["split"] < 2]).permute(0, 3, 1, 2).float() / 127.5 - 1
     assert all(any(torch.equal(t, p) for p in pool) for t in truth) and y.shape == truth.shape
+
+
+@pytest.mark.parametrize("task", ["inpaint-random", "inpaint-box", "sr4", "deblur-gauss", "deblur-motion"])
+def test_error_split_parts_are_orthogonal_and_add_up(task):
+    es = _load("error_split")
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    estimate = truth + 0.3 * torch.randn(2, 3, 32, 32, generator=g)
+    op = make_operator(task, 2, (3, 32, 32), generator=g)
+    mse = es.split_mse(op, estimate, truth)
+    assert mse["row"] > 0 and mse["null"] >= 0
+    assert mse["row"] + mse["null"] == pytest.approx(mse["all"], rel=1e-9)
+    if task == "inpaint-random":  # the row space is the observed pixels
+        err2 = (estimate.clamp(-1, 1) - truth).double().pow(2)
+        observed = op.mask.expand_as(truth).bool()
+        assert mse["row"] == pytest.approx(float(err2[observed].sum() / err2.numel()), rel=1e-9)
+
+
+def test_error_split_writes_its_table_and_a_plus_y_errs_by_the_noise_alone_where_measured(models_env, tmp_path):
+    es = _load("error_split")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), split=np.array([0] * 20 + [2] * 4))
+    res = es.main(["--model", "tiny-32", "--data", str(data), "--train-split", "0", "--test-split", "2", "--n", "4",
+                   "--tasks", "inpaint-random,sr4", "--extra", f"again={models_env / 'tiny-32' / 'eps'}",
+                   "--out", str(tmp_path / "split")])
+    names = [(r["task"], r["estimate"].split(" (")[0]) for r in res["rows"]]
+    assert names == [(t, e) for t in ("inpaint-random", "sr4") for e in ("lmmse", "A+y", "eps tiny-32", "eps again")]
+    for r in res["rows"]:
+        assert r["mse"]["row"] + r["mse"]["null"] == pytest.approx(r["mse"]["all"], rel=1e-9)
+    pinv = next(r for r in res["rows"] if r["task"] == "inpaint-random" and r["estimate"] == "A+y")
+    # observed pixels: y = x + noise (sigma_y 0.05), 30% of 4 x 3072 values -> within 15% (about 5 standard errors)
+    assert pinv["mse"]["row"] == pytest.approx(0.05 ** 2 * 0.3, rel=0.15)
+    twins = [r for r in res["rows"] if r["estimate"].startswith("eps")]
+    assert twins[0]["mse"] == twins[1]["mse"]  # the same checkpoint twice: the same numbers
+    assert "| sr4 | lmmse |" in (tmp_path / "split.md").read_text()
+    assert json.loads((tmp_path / "split.json").read_text())["n"] == 4
+
+
+def test_error_split_extra_needs_a_label(capsys):
+    es = _load("error_split")
+    with pytest.raises(SystemExit) as exc:
+        es.parse_args(["--data", "x.npz", "--extra", "runs/x/model"])
+    assert exc.value.code == 2 and "give LABEL=CHECKPOINT" in capsys.readouterr().err

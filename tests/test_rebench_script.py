@@ -59,7 +59,7 @@ def test_new_weights_run_every_stage_in_order(tmp_path):
     assert _programs(done.stdout) == [
         "scripts/bundle_model.py", "scripts/bundle_model.py", "scripts/bundle_model.py",
         "benchmarks/tune_baselines.py", "benchmarks/model_quality.py",
-        "exactpost bench images", "exactpost bench images", "benchmarks/ood.py"]
+        "exactpost bench images", "exactpost bench images", "benchmarks/ood.py", "benchmarks/error_split.py"]
     bundles = [line.split()[2:5] for line in done.stdout.splitlines()[:3]]
     assert bundles == [[f"runs/faces32-{run}", "faces-32", kind] for run, kind in RUNS.items()]
 
@@ -74,7 +74,8 @@ def test_results_made_for_these_weights_are_not_made_again(tmp_path):
     _write(results / "ood_faces-32.json", {"eps_card_steps": 30000})
     done = _run(["faces"], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert _programs(done.stdout) == ["exactpost bench images", "exactpost bench images"]  # cached: they resume
+    assert _programs(done.stdout) == ["exactpost bench images", "exactpost bench images",  # cached: they resume
+                                      "benchmarks/error_split.py"]  # two minutes
     assert done.stderr.count("; skipping") == 6
 
     _write(results / "model_quality_faces-32.json", {"eps_sha256": "eps-old"})  # made for other weights
