@@ -9,9 +9,9 @@
 #   STEPS=31000 scripts/long_runs.sh faces      # a later, longer target
 #
 # Rerunning continues where the runs are: a finished run is skipped in seconds (its state is
-# at STEPS, or it was removed and the run's model kept: final), a stopped one resumes bit-exactly. SIGTERM (or Ctrl-C) to this script is passed
-# to the running job, which saves its step; the chain then ends with exit 143, and the next
-# session reruns the same line.
+# at STEPS, or it was removed and the run's model kept: final), a stopped one resumes
+# bit-exactly. SIGTERM (or Ctrl-C) to this script is passed to the running job, which saves
+# its step; the chain then ends with exit 143, and the next session reruns the same line.
 # One family per core: `taskset -c 0 env OMP_NUM_THREADS=1 scripts/long_runs.sh faces`.
 # EPS and Palette start from runs/<f>32-prior/model, which stays in the tree until they end;
 # the settings are the bundled models' recipes (their cards' `command`), 1 thread, fp32

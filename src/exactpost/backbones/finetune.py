@@ -58,8 +58,7 @@ from ..core.conditioning import extends
 from ..core.tasks import task_names
 from ..io.checkpoint import save_checkpoint
 from ..io.images import load_images
-from ..training.loop import (RunState, TrainConfig, _eval_images, _hardware, _on_cpu, evaluate, refuse_fresh_start,
-                             resolve_device)
+from ..training.loop import RunState, TrainConfig, _eval_images, _hardware, _on_cpu, evaluate, resolve_device
 from ..training.precision import autocast_for, resolve_precision
 from ..training.stop import StopRequests, TrainingStopped
 from ..training.objectives import Batch, Objective, make_batch
@@ -183,9 +182,7 @@ def _loop(cfg: TrainConfig, model: DiffusersUNetDenoiser, objective: Objective, 
     state_path = run / "state"
     step, wall, loss_value = 0, 0.0, math.nan
     evals: list[dict] = []
-    resumed = rs.resume(state_path, {"backbone": model.to_dict()}, cfg, model)
-    if resumed is None:
-        refuse_fresh_start(run, run / "model" / CARD_NAME)
+    resumed = rs.resume(state_path, {"backbone": model.to_dict()}, cfg, model, run / "model" / CARD_NAME)
     if resumed is not None:
         step, extra, saved = resumed
         if saved.get("init_sha256") != card_base["init_sha256"]:

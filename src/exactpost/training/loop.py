@@ -219,12 +219,14 @@ class RunState:
         noise_gen = torch.Generator().manual_seed(cfg.seed + 2)
         return cls(ema, opt, data_gen, noise_gen, BatchStream(images, cfg.batch_size, data_gen))
 
-    def resume(self, state_path: Path, expect: dict, cfg: "TrainConfig", model: nn.Module
+    def resume(self, state_path: Path, expect: dict, cfg: "TrainConfig", model: nn.Module, model_card: Path
                ) -> Optional[tuple[int, dict, dict]]:
         """Load the state saved at ``state_path`` into ``model`` and this state, if there is one
         (refusing a config that changes what the run learns): (step, the saved ``extra``, the
-        saved metadata), else None."""
+        saved metadata), else None -- unless the run already exported a model (its card
+        ``model_card`` exists): a fresh start would train over it, so that is refused."""
         if not checkpoint_paths(state_path)[1].exists():
+            _refuse_fresh_start(state_path.parent, model_card)
             return None
         tensors, saved = load_checkpoint(state_path, expect=expect)
         _check_same_problem(saved.get("config"), cfg, state_path.parent)
@@ -412,9 +414,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
 
     step, images_seen, wall = 0, 0, 0.0
     history: list[dict] = []
-    resumed = rs.resume(state_path, {"model": model.to_dict()}, cfg, model)
-    if resumed is None:
-        refuse_fresh_start(run, checkpoint_paths(model_path)[1])
+    resumed = rs.resume(state_path, {"model": model.to_dict()}, cfg, model, checkpoint_paths(model_path)[1])
     if resumed is not None:
         step, extra, card = resumed
         images_seen, wall = int(extra["images_seen"]), float(extra["wall_time"])
@@ -546,7 +546,7 @@ def _saved_origin(saved: dict, model_path: Path) -> Optional[dict]:
     return found or None
 
 
-def refuse_fresh_start(run: Path, card: Path) -> None:
+def _refuse_fresh_start(run: Path, card: Path) -> None:
     """Refuse to train ``run`` from step 0 when it already holds an exported model (its card
     ``card``) but no state to resume -- a finished run whose state was removed: a fresh start
     would overwrite that model and append a second history to its metrics (one line)."""
