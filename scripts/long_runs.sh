@@ -5,6 +5,10 @@
 #   2. EPS from that prior  runs/<f>32-eps-long      (exactpost finetune --objective eps, lr 1e-4)
 #   3. Palette, same budget runs/<f>32-palette-long  (exactpost finetune --objective palette)
 #
+# EPS and Palette decay their learning rate linearly to 0 over the last DECAY steps (default
+# 10000; added at EPS step ~15,000 of faces and ~12,000 of CIFAR, before it takes effect at
+# STEPS - DECAY, so both objectives follow the same curve).
+#
 #   scripts/long_runs.sh faces|cifar            # every run to STEPS (default 30000)
 #   STEPS=31000 scripts/long_runs.sh faces      # a later, longer target
 #
@@ -20,6 +24,7 @@ set -euo pipefail
 
 family=${1:?usage: scripts/long_runs.sh faces|cifar}
 steps=${STEPS:-30000}
+decay=${DECAY:-10000}
 data_dir=${DATA_DIR:-../shared/data}
 exactpost=${EXACTPOST:-exactpost}
 
@@ -57,5 +62,5 @@ stage "runs/$tag-prior" "$exactpost" "${prior[@]}" "${common[@]}" --lr 3e-4 --ev
 for objective in eps palette; do
   stage "runs/$tag-$objective-long" "$exactpost" finetune --objective "$objective" "${data[@]}" "${common[@]}" \
     --lr 1e-4 --warmup-steps 200 --sigma-y 0.05 --uniform-frac 0.5 --eval-every 500 --eval-images 64 \
-    --snapshot-every 1000 --init-from "runs/$tag-prior/model"
+    --snapshot-every 1000 --lr-decay-steps "$decay" --init-from "runs/$tag-prior/model"
 done

@@ -31,7 +31,7 @@ from exactpost.nets import edm_coefficients
 from exactpost.core.tasks import task_names
 from exactpost.io.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from exactpost.nets import load_model
-from exactpost.training.loop import EMA, TrainConfig, build_model, export_model
+from exactpost.training.loop import EMA, TrainConfig, build_model, export_model, learning_rate
 from exactpost.training.objectives import loss_on_batch, make_batch
 
 SIZE = 16
@@ -442,6 +442,37 @@ def test_a_finished_run_without_its_state_is_not_trained_again_over_its_model(da
     assert "already holds a trained model (model.json)" in err and "new --run-dir" in err
     assert {name: (run / name).read_bytes() for name in kept} == kept
     assert not (run / "state.json").exists()
+
+
+@pytest.mark.parametrize("decay, expected", [
+    (0, [0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
+    (4, [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]),
+    (20, [0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05]),  # longer than the run: decays from the start
+])
+def test_learning_rate_warms_up_holds_then_decays_linearly_to_zero(data, decay, expected):
+    """lr(s) = lr min(1, (s+1)/W, (S-s)/D), worked by hand for S = 10 steps, W = 2, lr = 2."""
+    cfg = _config(data, steps=10, warmup_steps=2, lr=2.0, lr_decay_steps=decay)
+    assert [learning_rate(cfg, s) for s in range(10)] == pytest.approx([2 * e for e in expected], abs=1e-12)
+
+
+def test_a_decay_added_on_resume_follows_the_curve_of_a_run_that_had_it_from_the_start(data, tmp_path, capsys):
+    """A run trained 3 steps at a constant rate, then resumed to 6 steps with --lr-decay-steps 3,
+    ends bit-identical to a 6-step run that had the decay from step 0: the decay is a function
+    of the step alone. The logged rates are the formula's."""
+    full, later = tmp_path / "full", tmp_path / "later"
+    decay = ["--lr-decay-steps", "3"]
+    rc, err = _main(_train_args(data, full, steps=6, checkpoint_every=1) + decay, capsys)
+    assert rc == 0, err
+    rc, err = _main(_train_args(data, later, steps=3, checkpoint_every=1), capsys)
+    assert rc == 0, err
+    rc, err = _main(_train_args(data, later, steps=6, checkpoint_every=1) + decay, capsys)
+    assert rc == 0, err
+    a, b = _weights(full), _weights(later)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert set(a) == set(b) and not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+    logged = [rec["lr"] for rec in map(json.loads, (later / "metrics.jsonl").read_text().splitlines()) if "lr" in rec]
+    assert logged == pytest.approx([1e-3 * f for f in (0.5, 1, 1, 1, 2 / 3, 1 / 3)], rel=1e-12)
+    assert json.loads((later / "model.json").read_text())["config"]["lr_decay_steps"] == 3
 
 
 def test_resuming_with_another_objective_of_the_same_shape_is_refused(data, tmp_path, capsys):

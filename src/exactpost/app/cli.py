@@ -163,6 +163,7 @@ def _train_parsers() -> dict[str, Callable[[str], Any]]:
         "batch_size": _checked_number(int, lo=1),
         "lr": _checked_number(float, lo=0.0, lo_open=True),
         "warmup_steps": nonneg_int(),
+        "lr_decay_steps": nonneg_int("0: constant"),
         "grad_clip": _checked_number(float, lo=0.0, lo_open=True, allow_inf=True, why="inf: no clipping"),
         "weight_decay": _checked_number(float, lo=0.0),
         "ema_halflife_kimg": _checked_number(float, lo=0.0),
@@ -214,6 +215,8 @@ TRAIN_HELP: dict[str, str] = {
     "batch_size": "training images per optimiser step, all processes together, >= 1",
     "lr": "AdamW learning rate after the warm-up, > 0",
     "warmup_steps": "steps of linear learning-rate warm-up from 0, >= 0",
+    "lr_decay_steps": "decay the learning rate linearly to 0 over the run's last N steps, >= 0 (0: constant after "
+                      "the warm-up); it may be added when resuming a run that has not reached step STEPS - N",
     "grad_clip": "clip the gradients' global L2 norm to this, > 0 (inf: no clipping)",
     "weight_decay": "AdamW weight decay, >= 0",
     "ema_halflife_kimg": "half-life of the exponential moving average of the weights, in thousands of images, >= 0",

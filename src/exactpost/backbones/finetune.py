@@ -58,7 +58,8 @@ from ..core.conditioning import extends
 from ..core.tasks import task_names
 from ..io.checkpoint import save_checkpoint
 from ..io.images import load_images
-from ..training.loop import RunState, TrainConfig, _eval_images, _hardware, _on_cpu, evaluate, resolve_device
+from ..training.loop import (RunState, TrainConfig, _eval_images, _hardware, _on_cpu, evaluate, learning_rate,
+                             resolve_device)
 from ..training.precision import autocast_for, resolve_precision
 from ..training.stop import StopRequests, TrainingStopped
 from ..training.objectives import Batch, Objective, make_batch
@@ -217,7 +218,7 @@ def _loop(cfg: TrainConfig, model: DiffusersUNetDenoiser, objective: Objective, 
             while step < cfg.steps:
                 t0 = time.perf_counter()
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+                    group["lr"] = learning_rate(cfg, step)
                 batch = make_batch(objective, stream.next(), noise_gen)
                 batch = Batch(*(None if v is None else v.to(device) for v in
                                 (batch.x0, batch.sigma, batch.inp, batch.cond, batch.task_id, batch.sigma_y)))

@@ -1,6 +1,7 @@
 """One training loop for the three objectives (prior, EPS, Palette).
 
-AdamW with linear learning-rate warm-up, gradient-norm clipping, an EMA of the weights
+AdamW with linear learning-rate warm-up (and an optional linear decay to zero over the run's
+last steps, :func:`learning_rate`), gradient-norm clipping, an EMA of the weights
 (half-life in images, ramped up early as in EDM), a progress bar (loss, images/s, ETA), a run
 directory holding the resolved config (``config.json``), a metrics log (``metrics.jsonl``),
 the resumable training state (``state.safetensors`` + ``state.json``) and the exported model
@@ -76,6 +77,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-4
     warmup_steps: int = 200
+    lr_decay_steps: int = 0  # decay the learning rate linearly to 0 over the run's last N steps (0: constant)
     grad_clip: float = 1.0
     weight_decay: float = 0.0
     ema_halflife_kimg: float = 50.0
@@ -120,6 +122,22 @@ class TrainConfig:
         sy = tuple(self.sigma_y) if isinstance(self.sigma_y, (list, tuple)) else float(self.sigma_y)
         return Objective(self.objective, self.tasks, sy, self.conditioning,
                          NoiseLevels(uniform_frac=self.uniform_frac))
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of a run of ``cfg.steps`` steps:
+
+        lr(s) = cfg.lr * min(1, (s + 1) / W, (S - s) / D)
+
+    with W = max(1, warmup_steps), S = steps and D = lr_decay_steps (the last factor only when
+    D > 0): a linear warm-up from 0, then constant, then (D > 0) a linear decay that reaches
+    cfg.lr / D at the last step. The decay is a function of the step alone, so a run resumed
+    with a decay it did not start with follows the same curve as one that had it from step 0,
+    provided it resumes before step S - D."""
+    factor = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.lr_decay_steps > 0:
+        factor = min(factor, (cfg.steps - step) / cfg.lr_decay_steps)
+    return cfg.lr * max(factor, 0.0)
 
 
 # --- model construction ---------------------------------------------------------------------
@@ -428,7 +446,6 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
         net = _DDPLossView(ddp, model)
     else:
         net = model
-    sched = lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))  # noqa: E731
     share = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
     card_base = dict(objective=objective.to_dict(), data=dict(path=str(cfg.data), key=cfg.data_key,
                      split=cfg.data_split, images=len(images), image_size=cfg.image_size),
@@ -458,7 +475,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
         while step < cfg.steps:
             t0 = time.perf_counter()
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * sched(step)
+                group["lr"] = learning_rate(cfg, step)
             x = stream.next()
             batch = make_batch(objective, x, noise_gen)
             # operators and noise are simulated on the CPU from the run's generators (the same
