@@ -6,8 +6,8 @@
 #   3. Palette, same budget runs/<f>32-palette-long  (exactpost finetune --objective palette)
 #
 # EPS and Palette decay their learning rate linearly to 0 over the last DECAY steps (default
-# 10000; added at EPS step ~15,000 of faces and ~12,000 of CIFAR, before it takes effect at
-# STEPS - DECAY, so both objectives follow the same curve).
+# 10000). It was added when the EPS runs resumed at step 14,704 (faces) and 11,757 (CIFAR),
+# before it acts at STEPS - DECAY, so both objectives follow the same curve.
 #
 #   scripts/long_runs.sh faces|cifar            # every run to STEPS (default 30000)
 #   STEPS=31000 scripts/long_runs.sh faces      # a later, longer target
