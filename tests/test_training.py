@@ -95,6 +95,13 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _assert_same_weights(run_a: Path, run_b: Path) -> None:
+    """The two runs' exported EMA and state weights (:func:`_weights`) are bit-identical."""
+    a, b = _weights(run_a), _weights(run_b)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert set(a) == set(b) and not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
 def _state_step(run_dir: Path) -> int:
     """The step of the training state on disk (0 when none has been written yet)."""
     try:
@@ -355,9 +362,7 @@ def test_sigterm_saves_the_current_step_and_resume_gives_the_uninterrupted_weigh
     assert resumed.returncode == 0, resumed.stderr
     _, err = uninterrupted.communicate(timeout=300)
     assert uninterrupted.returncode == 0, err
-    a, b = _weights(full), _weights(stopped)
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert set(a) == set(b) and not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+    _assert_same_weights(full, stopped)
 
 
 # --- SIGKILL + resume ---------------------------------------------------------------------
@@ -467,9 +472,7 @@ def test_a_decay_added_on_resume_follows_the_curve_of_a_run_that_had_it_from_the
     assert rc == 0, err
     rc, err = _main(_train_args(data, later, steps=6, checkpoint_every=1) + decay, capsys)
     assert rc == 0, err
-    a, b = _weights(full), _weights(later)
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert set(a) == set(b) and not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+    _assert_same_weights(full, later)
     logged = [rec["lr"] for rec in map(json.loads, (later / "metrics.jsonl").read_text().splitlines()) if "lr" in rec]
     assert logged == pytest.approx([1e-3 * f for f in (0.5, 1, 1, 1, 2 / 3, 1 / 3)], rel=1e-12)
     assert json.loads((later / "model.json").read_text())["config"]["lr_decay_steps"] == 3
