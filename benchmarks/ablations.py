@@ -47,7 +47,7 @@ from exactpost.core.metrics import crps, psnr
 from exactpost.inference.api import restore_measurement
 from exactpost.inference.restoration import Restoration, eps_restore
 from exactpost.core.tasks import TASKS, TaskSpec, make_operator, simulate
-from exactpost.io.images import load_images, to_float
+from exactpost.io.images import load_images, parse_split, to_float
 from exactpost.nets import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -233,8 +233,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     eps_entry = zoo.find_model(args.model, "eps")
     net = zoo.load(eps_entry)
     size = net.config.image_size
-    split = None if args.test_split is None else [int(s) for s in args.test_split.split(",")]
-    x0 = to_float(load_images(args.data, args.test_key, split, size))[: args.n]
+    x0 = to_float(load_images(args.data, args.test_key, parse_split(args.test_split), size))[: args.n]
     res: dict[str, Any] = dict(model=args.model, eps_sha256=eps_entry.card.get("sha256"), n=len(x0),
                                samples=args.samples, sigma_y=args.sigma_y, seed=args.seed, command=command,
                                sigma_starts=args.sigma_starts, reference_nfe=args.reference_nfe,

@@ -41,7 +41,7 @@ from exactpost.app.demo import task_seed
 from exactpost.core.tasks import make_operator, simulate, task_names
 from exactpost.inference import zoo
 from exactpost.inference.restoration import eps_restore
-from exactpost.io.images import load_images, save_text, to_float
+from exactpost.io.images import load_images, parse_split, save_text, to_float
 from exactpost.nets import load_model
 from exactpost.priors.gaussian import GaussianPrior
 
@@ -63,10 +63,6 @@ def _psnr(mse: float) -> float:
     return 10 * math.log10(4 / mse) if mse > 0 else math.inf
 
 
-def _split(text: Optional[str]) -> Optional[list[int]]:
-    return None if text is None else [int(t) for t in text.split(",")]
-
-
 def _extra(text: str) -> tuple[str, str]:
     label, sep, path = text.partition("=")
     if not sep or not label or not path:
@@ -81,8 +77,8 @@ def measure(args: argparse.Namespace) -> dict:
     for label, path in args.extra:
         nets[f"eps {label}"] = load_model(path)
     size = next(iter(nets.values()))[0].config.image_size
-    train = to_float(load_images(args.data, args.train_key, _split(args.train_split), size))
-    test = to_float(load_images(args.data, args.test_key, _split(args.test_split), size))[: args.n]
+    train = to_float(load_images(args.data, args.train_key, parse_split(args.train_split), size))
+    test = to_float(load_images(args.data, args.test_key, parse_split(args.test_split), size))[: args.n]
     gauss = GaussianPrior.fit(train)
     rows = []
     for task in args.tasks or task_names():

@@ -36,13 +36,9 @@ from exactpost.priors.gaussian import GaussianPrior
 from exactpost.core.metrics import crps, psnr, ssim
 from exactpost.inference.restoration import eps_restore, palette_restore
 from exactpost.core.tasks import make_operator, simulate, task_names
-from exactpost.io.images import load_images, to_float
+from exactpost.io.images import load_images, parse_split, to_float
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _parse_split(text):
-    return None if text is None else [int(t) for t in text.split(",")]
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -50,8 +46,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     pal_entry = zoo.find_model(args.model, "palette") if not args.skip_palette else None
     eps_net = zoo.load(eps_entry)
     size = eps_net.config.image_size
-    train = to_float(load_images(args.data, args.train_key, _parse_split(args.train_split), size))
-    test = to_float(load_images(args.data, args.test_key, _parse_split(args.test_split), size))[: args.n]
+    train = to_float(load_images(args.data, args.train_key, parse_split(args.train_split), size))
+    test = to_float(load_images(args.data, args.test_key, parse_split(args.test_split), size))[: args.n]
     lmmse_key = dict(data=str(args.data), train_key=args.train_key, train_split=args.train_split, test_key=args.test_key,
                      test_split=args.test_split, n=len(test), seed=args.seed, sigma_y=args.sigma_y, size=size)
     cache = Path(args.lmmse_cache) if args.lmmse_cache else None

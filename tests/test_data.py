@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from exactpost.io.images import DataError, load_images, resize_uint8, to_float, to_uint8
+from exactpost.io.images import DataError, load_images, parse_split, resize_uint8, to_float, to_uint8
 from exactpost.training.data import BatchStream
 
 
@@ -25,6 +25,13 @@ def test_npz_with_split_and_key(tmp_path):
         load_images(tmp_path / "c.npz", key="nope")
     with pytest.raises(DataError, match="no 'split' array"):
         load_images(tmp_path / "c.npz", split=[0])
+
+
+def test_parse_split_reads_command_line_selections():
+    assert parse_split(None) is None
+    assert parse_split("2") == [2] and parse_split("0, 1,") == [0, 1]
+    with pytest.raises(DataError, match="comma-separated integers, got 'val'"):
+        parse_split("val")
 
 
 def test_folder_of_images_centre_cropped(tmp_path):

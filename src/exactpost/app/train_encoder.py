@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
-from ..io.images import DataError, load_images
+from ..io.images import DataError, load_images, parse_split
 from . import argtypes
 
 
@@ -41,14 +41,6 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar (default: shown)")
 
 
-def _split(text: Optional[str]) -> Optional[list[int]]:
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise DataError(f"split must be comma-separated integers, got {text!r}") from None
-
 
 def run(args: Any, command: str) -> int:
     """``exactpost train-encoder``: train (or resume) and report accuracies; errors in the
@@ -57,14 +49,14 @@ def run(args: Any, command: str) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    split = _split(args.data_split)
+    split = parse_split(args.data_split)
     images = load_images(args.data, args.data_key, split, args.image_size)
     labels = load_labels(args.data, args.labels, split)
     if len(labels) != len(images):
         raise DataError(f"{args.data}: {len(images)} images but {len(labels)} labels in {args.labels!r}")
     eval_images = eval_labels = None
     if args.eval_key or args.eval_split:
-        eval_split = _split(args.eval_split)
+        eval_split = parse_split(args.eval_split)
         eval_images = load_images(args.data, args.eval_key or args.data_key, eval_split, args.image_size)
         eval_labels = load_labels(args.data, args.eval_labels or args.labels, eval_split)
     name = args.name or f"encoder ({Path(args.data).name}:{args.labels})"
@@ -76,7 +68,7 @@ def run(args: Any, command: str) -> int:
                             card=dict(name=name, command=command,
                                       data=dict(path=str(args.data), key=args.data_key, labels=args.labels, split=split,
                                                 eval_key=args.eval_key, eval_labels=args.eval_labels,
-                                                eval_split=_split(args.eval_split))))
+                                                eval_split=parse_split(args.eval_split))))
     m = card["metrics"]
     extra = f", held-out accuracy {m['eval_accuracy']:.3f} on {m['eval_images']} images" if "eval_accuracy" in m else ""
     print(f"encoder {args.out}: {len(card['classes'])} classes, train accuracy {m['train_accuracy']:.3f}{extra} "

@@ -34,6 +34,17 @@ class DataError(ValueError):
     """A data source that cannot be used; the message says why and what to do."""
 
 
+def parse_split(text: str | None) -> list[int] | None:
+    """A command line's split selection: ``'0'`` -> ``[0]``, ``'1,2'`` -> ``[1, 2]``, None -> None
+    (every image); anything but comma-separated integers raises :class:`DataError`."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise DataError(f"split must be comma-separated integers, got {text!r}") from None
+
+
 def _npz_images(path: Path, key: str | None, split: Sequence[int] | int | None) -> np.ndarray:
     try:
         archive = np.load(path, allow_pickle=False)
