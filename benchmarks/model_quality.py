@@ -119,8 +119,21 @@ def _nfe(res: dict, method: str) -> str:
     return "/".join(map(str, used)) or "-"
 
 
+def _palette_measured(res: dict) -> bool:
+    return any("palette_crps" in r for r in res["rows"])
+
+
+def _palette_verdict(res: dict) -> str:
+    """'EPS CRPS beats Palette on k/n (target >= 4)', or that Palette was not measured
+    (--skip-palette), rather than a 0/n that reads like a loss."""
+    if not _palette_measured(res):
+        return "Palette not measured (--skip-palette), so no EPS-vs-Palette CRPS count"
+    return f"EPS CRPS beats Palette on {len(res['eps_crps_beats_palette'])}/{len(res['rows'])} (target >= 4)"
+
+
 def markdown(res: dict) -> str:
-    lines = [f"# Model quality: {res['model']} (EPS {res['eps_steps']} steps, Palette {res['palette_steps']} steps)",
+    palette = (f"Palette {res['palette_steps']} steps" if _palette_measured(res) else "Palette not measured")
+    lines = [f"# Model quality: {res['model']} (EPS {res['eps_steps']} steps, {palette})",
              "", f"{res['data']['n']} test images, seed {res['seed']}, sigma_y {res['sigma_y']}. "
              "PSNR (dB) of the posterior means; CRPS of 4 samples ([-1, 1] units, lower is better). "
              "LMMSE: exact linear MMSE under a Gaussian prior fitted to the "
@@ -133,14 +146,14 @@ def markdown(res: dict) -> str:
                      f"| {r['eps_crps']:.4f} | {pal} |")
     n = len(res["rows"])
     lines += ["", f"EPS mean beats LMMSE on {len(res['eps_mean_beats_lmmse'])}/{n} tasks (target {n}/{n}); "
-              f"EPS CRPS beats Palette on {len(res['eps_crps_beats_palette'])}/{n} (target >= 4).", "",
+              f"{_palette_verdict(res)}.", "",
               f"Command: `{res['command']}`", ""]
     return "\n".join(lines)
 
 
 def update_cards(res: dict) -> None:
     summary = (f"test n={res['data']['n']}: EPS mean > LMMSE on {len(res['eps_mean_beats_lmmse'])}/{len(res['rows'])}"
-               f" tasks, EPS CRPS < Palette on {len(res['eps_crps_beats_palette'])}/{len(res['rows'])}")
+               f" tasks, {_palette_verdict(res)}")
     for kind in ("eps", "palette"):
         entry = zoo.find_model(res["model"], kind)
         card_path = entry.path.with_suffix(".json")

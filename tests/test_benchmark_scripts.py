@@ -365,3 +365,16 @@ def test_error_split_extra_needs_a_label(capsys):
     with pytest.raises(SystemExit) as exc:
         es.parse_args(["--data", "x.npz", "--extra", "runs/x/model"])
     assert exc.value.code == 2 and "give LABEL=CHECKPOINT" in capsys.readouterr().err
+
+
+def test_model_quality_table_says_when_palette_was_not_measured():
+    mq = _load("model_quality")
+    row = dict(task="sr4", lmmse_psnr=21.0, eps_mean_psnr=22.0, eps_sample_psnr=20.0, eps_crps=0.07)
+    res = dict(model="m", eps_steps=10, palette_steps=None, seed=0, sigma_y=0.05, command="c",
+               data=dict(n=2, train_images=4), rows=[dict(row)], eps_mean_beats_lmmse=["sr4"], eps_crps_beats_palette=[])
+    text = mq.markdown(res)
+    assert "Palette not measured" in text and "beats Palette on 0/1" not in text
+    res["rows"] = [dict(row, palette_mean_psnr=21.5, palette_crps=0.08)]
+    res["palette_steps"], res["eps_crps_beats_palette"] = 10, ["sr4"]
+    text = mq.markdown(res)
+    assert "Palette 10 steps" in text and "EPS CRPS beats Palette on 1/1 (target >= 4)" in text
