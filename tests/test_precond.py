@@ -130,3 +130,46 @@ def test_as_denoiser_rejects_conditioned_network_and_eps_adapter():
     cond = torch.randn(2, 3, 32, 32, generator=gen(8))
     sigma = torch.tensor([0.3, 3.0])
     assert torch.equal(net(mu, cond, sigma), pre(mu, sigma, cond=cond, task_id=1))
+
+
+# --- the Gaussian skip ----------------------------------------------------------------------------
+def test_gaussian_skip_network_replaces_only_the_skip_term_and_keeps_old_cards():
+    """D_gauss(x, skip) = skip + c_out F = D_scalar(x) - c_skip x + skip with the same weights;
+    the scalar network's description has no ``skip`` entry (cards written before the option
+    load and compare unchanged), the Gaussian one round-trips."""
+    unet = perturb(UNet(TINY.replace(cond_channels=2), generator=gen()))
+    scalar, gauss = EDMPrecond(unet), EDMPrecond(unet, skip="gaussian")
+    x = torch.randn(3, 3, 32, 32, generator=gen(2))
+    cond = torch.randn(3, 2, 32, 32, generator=gen(3))
+    skip = torch.randn(3, 3, 32, 32, generator=gen(4))
+    sigma = torch.tensor([0.02, 1.0, 80.0])
+    c_skip = edm_coefficients(sigma, 0.5)[0].float().reshape(-1, 1, 1, 1)
+    want = scalar(x, sigma, cond=cond) - c_skip * x + skip
+    assert torch.allclose(gauss(x, sigma, cond=cond, skip=skip), want, atol=1e-5)
+    assert "skip" not in scalar.to_dict()
+    again = EDMPrecond.from_dict(gauss.to_dict())
+    assert again.skip == "gaussian" and EDMPrecond.from_dict(scalar.to_dict()).skip == "scalar"
+    with pytest.raises(ValueError, match="has the Gaussian skip: pass skip"):
+        gauss(x, sigma, cond=cond)
+    with pytest.raises(ValueError, match="scalar skip; drop skip"):
+        scalar(x, sigma, cond=cond, skip=skip)
+    with pytest.raises(ValueError, match="skip must be one of scalar, gaussian"):
+        EDMPrecond(unet, skip="diagonal")
+
+
+def test_as_eps_network_computes_the_gaussian_skip_from_the_operator():
+    """as_eps_network(gaussian net, op=...) passes gaussian_skip(pivot, sigma, op, sigma_y);
+    without the operator it refuses."""
+    from exactpost.core.skip import gaussian_skip
+    from exactpost.operators import Inpainting, random_mask
+
+    unet = perturb(UNet(TINY.replace(cond_channels=2), generator=gen()))
+    gauss = EDMPrecond(unet, skip="gaussian")
+    op = Inpainting(random_mask(32, 0.5, 2, gen(5)), 3)
+    mu = torch.randn(2, 3, 32, 32, generator=gen(6))
+    cond = torch.randn(2, 2, 32, 32, generator=gen(7))
+    sigma = torch.tensor([80.0, 0.5])
+    want = gauss(mu, sigma, cond=cond, skip=gaussian_skip(mu, sigma, op, 0.05))
+    assert torch.equal(as_eps_network(gauss, op=op, op_sigma_y=0.05)(mu, cond, sigma), want)
+    with pytest.raises(ValueError, match="give as_eps_network the operator"):
+        as_eps_network(gauss)

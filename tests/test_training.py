@@ -769,3 +769,62 @@ def test_bf16_training_keeps_float32_master_weights_and_records_its_precision(da
     assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
     with pytest.raises(ValueError, match="not one of auto, bf16, fp32"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+# --- the Gaussian skip ---------------------------------------------------------------------------
+def test_gaussian_skip_batches_hold_s_times_the_pivot_and_nothing_else_changes(data):
+    """make_batch(gaussian_skip=True) draws the same batch and adds S mu*; for random
+    inpainting S is diagonal, c_skip + (1 - c_skip) m / (m + rho_e) with m the mask (the
+    batch's own certainty-map channel) and rho_e = sigma_y^2 (1/sigma^2 + 1/sd^2)."""
+    spec = _config(data, objective="eps", tasks=["inpaint-random"], sigma_y=[0.0, 0.2]).objective_spec()
+    x0 = torch.rand(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    plain = make_batch(spec, x0, torch.Generator().manual_seed(4))
+    with_skip = make_batch(spec, x0, torch.Generator().manual_seed(4), gaussian_skip=True)
+    assert plain.skip is None
+    for name in ("sigma", "inp", "cond", "task_id", "sigma_y"):
+        assert torch.equal(getattr(plain, name), getattr(with_skip, name)), name
+    m = with_skip.cond[:, 3:4]
+    sig, sy = (v.reshape(-1, 1, 1, 1).double() for v in (with_skip.sigma, with_skip.sigma_y))
+    c_skip = 0.25 / (0.25 + sig**2)
+    rho_e = sy**2 * (1 / sig**2 + 1 / 0.25)
+    want = (c_skip + (1 - c_skip) * m / (m + rho_e)) * with_skip.inp
+    assert torch.allclose(with_skip.skip.double(), want, atol=1e-5)
+    with pytest.raises(ValueError, match="needs an eps objective"):
+        make_batch(_config(data, objective="palette").objective_spec(), x0, torch.Generator(), gaussian_skip=True)
+
+
+def test_a_gaussian_skip_eps_model_trains_loads_restores_and_keeps_its_skip_on_resume(data, tmp_path, capsys):
+    """``train --skip gaussian``: the card records the skip, the model loads and restores
+    (finite mean and samples); resuming with the scalar skip, or asking a palette network for
+    the Gaussian skip, is a one-line error."""
+    from exactpost.core.tasks import make_operator, simulate
+    from exactpost.inference.restoration import eps_restore
+
+    run = tmp_path / "gauss"
+    rc, err = _main(_train_args(data, run, steps=2, checkpoint_every=1) + ["--skip", "gaussian"], capsys)
+    assert rc == 0, err
+    net, card = load_model(run / "model")
+    assert net.skip == "gaussian" and card["model"]["skip"] == "gaussian" and card["config"]["skip"] == "gaussian"
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 3, SIZE, SIZE, generator=g) * 2 - 1
+    op = make_operator("sr4", 2, (3, SIZE, SIZE), generator=g)
+    res = eps_restore(net, card, op, simulate(op, x0, 0.05, generator=g), 0.05, "sr4", n_samples=2, nfe=3,
+                      generator=g, sampler="legacy")
+    assert torch.isfinite(res.mean).all() and torch.isfinite(res.samples).all()
+    rc, err = _main(_train_args(data, run, steps=4, checkpoint_every=1) + ["--skip", "scalar"], capsys)
+    _assert_one_line_error(rc, err)
+    assert "skip" in err and _state_step(run) == 2
+    rc, err = _main(_train_args(data, tmp_path / "pal", steps=1, objective="palette") + ["--skip", "gaussian"], capsys)
+    _assert_one_line_error(rc, err)
+    assert "Gaussian skip is for eps networks" in err
+
+
+def test_a_scalar_skip_eps_model_starts_a_gaussian_skip_run_with_its_weights(data, tmp_path):
+    """init_from a scalar-skip EPS model with skip=gaussian: same weights, the new skip."""
+    path = _export_conditional(data, tmp_path / "old" / "model", "eps", "pivot+aty+mask+xreg")
+    old, _ = load_model(path)
+    cfg = _config(data, objective="eps", init_from=str(path), skip="gaussian")
+    net, _ = build_model(cfg, cfg.objective_spec(), torch.Generator())
+    assert net.skip == "gaussian" and old.skip == "scalar"
+    new_w, old_w = net.state_dict(), old.state_dict()
+    assert set(new_w) == set(old_w) and all(torch.equal(new_w[k], old_w[k]) for k in old_w)

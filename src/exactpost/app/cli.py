@@ -149,6 +149,7 @@ def _checked_list(parse: Callable[[str], list]) -> Callable[[str], list]:
 
 def _train_parsers() -> dict[str, Callable[[str], Any]]:
     """TrainConfig field -> parser of its command-line text (with a ``check`` for config values)."""
+    from ..nets.precond import SKIPS
     from ..training.precision import PRECISIONS
 
     nonneg_int = lambda why="": _checked_number(int, lo=0, why=why)  # noqa: E731
@@ -177,6 +178,7 @@ def _train_parsers() -> dict[str, Callable[[str], Any]]:
         "threads": nonneg_int("0: torch's choice"),
         "precision": _with_check(argtypes.choice(PRECISIONS), lambda v: argtypes.choice(PRECISIONS)(v)),
         "snapshot_every": nonneg_int("0: never"),
+        "skip": _with_check(argtypes.choice(SKIPS), lambda v: argtypes.choice(SKIPS)(v)),
         "channels_last": _with_check(_on_off, lambda v: None),
     }
 
@@ -208,6 +210,9 @@ TRAIN_HELP: dict[str, str] = {
     "image_size": "side of the square training images in pixels, >= 8; other sizes are centre-cropped and resized",
     "preset": "U-Net size: {presets}",
     "unet": "JSON object of U-Net fields overriding the preset's, e.g. '{{\"base_width\": 64, \"dropout\": 0.1}}'",
+    "skip": "skip connection of the network: scalar (EDM's c_skip x) or gaussian (eps only: the operator-aware "
+            "S mu* = sd^2 (sd^2 I + Sigma*)^-1 mu*, which passes the measured content of the pivot through instead of "
+            "re-synthesising it; a model fine-tuned from a scalar-skip one keeps its weights, not its outputs)",
     "init_from": "model checkpoint to start from (path without extension): a prior to fine-tune, or an eps/palette "
                  "model whose conditioning the new one extends; or a local diffusers UNet2DModel folder (flat, or a "
                  "pipeline folder with unet/ and scheduler/; safetensors weights, offline), fine-tuned into a "

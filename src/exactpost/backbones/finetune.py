@@ -144,6 +144,8 @@ def finetune_diffusers(cfg: TrainConfig) -> dict[str, Any]:
     "card": card, "metrics": last held-out metrics}."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise BackboneError("fine-tuning a diffusers model runs in one process; launch it without accelerate/torchrun")
+    if cfg.skip != "scalar":
+        raise BackboneError(f"--skip {cfg.skip} is for exactpost's own U-Net; a diffusers backbone keeps its scalar skip")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)

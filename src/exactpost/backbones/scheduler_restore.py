@@ -37,6 +37,7 @@ import torch
 from ..core.interpolants import EDM
 from ..operators.base import LinearOperator
 from ..core.posterior import EPSPosteriorDenoiser
+from ..nets.precond import as_eps_network
 from ..inference.restoration import SIGMA_MAX, Restoration, _prepare, _stats
 from .layout import BackboneError, read_json, resolve_folder
 from .scheduler_sampling import DRIVABLE, make_scheduler, scheduler_sample
@@ -97,9 +98,7 @@ def scheduler_restore(method: str, net: torch.nn.Module, card: dict, scheduler: 
     tid, syv, cond = _prepare(net, card, method, op, y, sigma_y, task, n_samples, nfe, minimum_nfe=minimum)
     shape = (y.shape[0],) + tuple(op.in_shape)
     if method == "eps":
-        def network(mu: torch.Tensor, c: Any, sigma: torch.Tensor) -> torch.Tensor:
-            return net(mu, sigma, cond=c, task_id=tid, sigma_y=syv)
-
+        network = as_eps_network(net, tid, syv, op=op, op_sigma_y=sigma_y)
         den: Any = EPSPosteriorDenoiser(network, op, y, sigma_y, EDM(), cond=cond)
         mean = den.posterior_mean(sigma_max, generator, y.dtype)
         steps, start = nfe - 1, "scheduler noise"

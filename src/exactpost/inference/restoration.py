@@ -31,6 +31,7 @@ import torch
 from ..core.interpolants import EDM
 from ..operators.base import LinearOperator
 from ..core.posterior import EPSPosteriorDenoiser
+from ..nets.precond import as_eps_network
 from ..core.sampler_spec import DEFAULT, LEGACY, SamplerSpec, parse_spec, with_start
 from ..core.conditioning import build_conditioning, card_task_index
 
@@ -141,9 +142,7 @@ def eps_restore(net: torch.nn.Module, card: dict, op: LinearOperator, y: torch.T
     if not 0 < start <= sigma_max:
         raise ValueError(f"sigma_start must be in (0, sigma_max = {sigma_max}], got {sigma_start}")
 
-    def network(mu: torch.Tensor, c: Any, sigma: torch.Tensor) -> torch.Tensor:
-        return net(mu, sigma, cond=c, task_id=tid, sigma_y=syv)
-
+    network = as_eps_network(net, tid, syv, op=op, op_sigma_y=sigma_y)
     den = EPSPosteriorDenoiser(network, op, y, sigma_y, EDM(), cond=cond)
     mean = den.posterior_mean(sigma_max, generator, y.dtype)
     spec = parse_spec(sampler) if sampler is not None else DEFAULT

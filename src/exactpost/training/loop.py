@@ -42,7 +42,7 @@ from ..core import conditioning as cond_kinds
 from ..core.interpolants import EDM
 from ..core.metrics import restoration_scores
 from ..nets import UNet, UNetConfig, count_parameters, preset
-from ..nets.precond import EDMPrecond, as_eps_network
+from ..nets.precond import SKIPS, EDMPrecond, as_eps_network
 from ..nets.unet import expand_unet
 from ..core.posterior import EPSPosteriorDenoiser
 from ..core.tasks import make_operator, simulate, task_names
@@ -73,6 +73,7 @@ class TrainConfig:
     image_size: int = 32
     preset: str = "tiny"
     unet: dict = field(default_factory=dict)  # overrides of the preset's UNetConfig fields
+    skip: str = "scalar"  # EDM's scalar c_skip, or "gaussian": the operator-aware skip S mu* (eps only; nets.precond)
     init_from: Optional[str] = None  # a prior's model checkpoint, or an EPS/Palette model to grow (fine-tuning)
     batch_size: int = 64
     lr: float = 2e-4
@@ -149,7 +150,15 @@ def build_model(cfg: TrainConfig, objective: Objective, generator: torch.Generat
     * an unconditional prior gets the conditioning channels, task and sigma_y embeddings;
     * an EPS or Palette model of the same objective whose conditioning kind ``objective``'s
       extends (e.g. ``pivot+aty+mask`` -> ``pivot+aty+mask+xreg``) gets the appended channels.
+
+    The skip connection is ``cfg.skip`` whatever the starting model's (``gaussian``: eps only);
+    a model that changes it starts from the old weights but not from the old outputs.
     """
+    if cfg.skip not in SKIPS:
+        raise ValueError(f"skip must be one of {', '.join(SKIPS)}, got {cfg.skip!r}")
+    if cfg.skip == "gaussian" and objective.kind != "eps":
+        raise ValueError(f"the Gaussian skip is for eps networks (their input is the pivot), not {objective.kind}; "
+                         "use --skip scalar")
     conditional = objective.kind != "prior"
     extra = dict(cond_channels=objective.cond_channels, num_tasks=len(task_names()) if conditional else 0,
                  sigma_y_embedding=conditional)
@@ -170,10 +179,10 @@ def build_model(cfg: TrainConfig, objective: Objective, generator: torch.Generat
             grow = objective.cond_channels - start.config.cond_channels
             unet = expand_unet(start.unet, extra_cond_channels=grow, num_tasks=max(extra["num_tasks"],
                                start.config.num_tasks), sigma_y_embedding=True)
-            return EDMPrecond(unet, start.sigma_data), {**origin, "init_conditioning": old_kind}
+            return EDMPrecond(unet, start.sigma_data, cfg.skip), {**origin, "init_conditioning": old_kind}
         unet = expand_unet(start.unet, extra_cond_channels=extra["cond_channels"], num_tasks=extra["num_tasks"],
                            sigma_y_embedding=extra["sigma_y_embedding"])
-        return EDMPrecond(unet, start.sigma_data), {**origin, "prior_card_sha256": card.get("sha256")}
+        return EDMPrecond(unet, start.sigma_data, cfg.skip), {**origin, "prior_card_sha256": card.get("sha256")}
     if not isinstance(cfg.unet, dict):
         raise ValueError(f"unet overrides must be a JSON object of UNetConfig fields, got {cfg.unet!r}")
     known = {f.name for f in dataclasses.fields(UNetConfig)}
@@ -184,7 +193,7 @@ def build_model(cfg: TrainConfig, objective: Objective, generator: torch.Generat
         unet_cfg = preset(cfg.preset, cfg.image_size, **{**cfg.unet, **extra})
     except TypeError as exc:  # e.g. channel_mults given as a number
         raise ValueError(f"bad unet overrides {json.dumps(cfg.unet)} ({exc})") from None
-    return EDMPrecond(UNet.from_config(unet_cfg, generator=generator)), {}
+    return EDMPrecond(UNet.from_config(unet_cfg, generator=generator), skip=cfg.skip), {}
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -343,7 +352,7 @@ def evaluate(model: EDMPrecond, objective: Objective, images: torch.Tensor, seed
         tid = torch.full((len(x0),), cond_kinds.task_embedding_index(task), dtype=torch.long)
         syv = torch.full((len(x0),), sy)
         if objective.uses_pivot:
-            den = EPSPosteriorDenoiser(as_eps_network(model, tid, syv), op, y, sy, EDM(), cond=cond)
+            den = EPSPosteriorDenoiser(as_eps_network(model, tid, syv, op=op), op, y, sy, EDM(), cond=cond)
             mean = den.posterior_mean(80.0, g, torch.float32)
         else:
             noisy = 80.0 * torch.randn(x0.shape, generator=g)
@@ -477,7 +486,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
             x = stream.next()
-            batch = make_batch(objective, x, noise_gen)
+            batch = make_batch(objective, x, noise_gen, gaussian_skip=model.skip == "gaussian")
             # operators and noise are simulated on the CPU from the run's generators (the same
             # draws on every device and process count); the network trains on ``device``
             mine = type(batch)(*(None if v is None else v[share].to(device, non_blocking=True)
@@ -540,7 +549,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, stop: StopRequests, device: 
 
 #: Config keys that define what a run learns: a resumed run must keep them (everything else,
 #: such as steps, checkpoint/eval/log intervals, threads or the progress bar, may change).
-RESUME_FIXED = ("objective", "tasks", "sigma_y", "conditioning", "uniform_frac", "data", "data_key", "data_split",
+RESUME_FIXED = ("objective", "tasks", "sigma_y", "conditioning", "skip", "uniform_frac", "data", "data_key", "data_split",
                 "image_size", "preset", "unet", "init_from", "batch_size", "seed")
 
 

@@ -9,6 +9,9 @@ With x0 a batch of clean images, sigma drawn per sample and e ~ N(0, I), x~ = x0
   Sigma* <= sigma^2 I, so sigma is a safe preconditioning level.
 * ``palette`` (trained conditional baseline): the same, with x~ in place of mu*.
 
+An EPS network with the Gaussian skip (``EDMPrecond(skip="gaussian")``) is trained on the same
+batches with S mu* computed alongside (``make_batch(..., gaussian_skip=True)``).
+
 w(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 is EDM's weight. Noise levels: EDM's log-normal
 ln sigma ~ N(-1.2, 1.2^2), except a fraction ``uniform_frac`` of each batch drawn
 log-uniformly on [sigma_min, sigma_max] so that the high levels a sampler starts from (and
@@ -33,6 +36,7 @@ import torch
 from ..core import conditioning as conditioning_
 from ..nets.precond import EDMPrecond
 from ..core.posterior import pivot_from_sigma
+from ..core.skip import gaussian_skip as skip_of
 from ..core.tasks import make_operator, simulate, task_names
 
 OBJECTIVES = ("prior", "eps", "palette")
@@ -133,15 +137,23 @@ class Batch:
     cond: torch.Tensor | None
     task_id: torch.Tensor | None
     sigma_y: torch.Tensor | None
+    skip: torch.Tensor | None = None  # S inp, for a Gaussian-skip network (nets.precond)
 
 
-def make_batch(objective: Objective, x0: torch.Tensor, generator: torch.Generator) -> Batch:
-    """Draw noise levels, noise, operators and measurements for ``x0`` [B, C, H, W]."""
+def make_batch(objective: Objective, x0: torch.Tensor, generator: torch.Generator,
+               gaussian_skip: bool = False) -> Batch:
+    """Draw noise levels, noise, operators and measurements for ``x0`` [B, C, H, W].
+
+    ``gaussian_skip`` (an EPS objective): also compute the Gaussian skip S mu* of each pivot
+    (:func:`exactpost.core.skip.gaussian_skip`, no random draws: the batch is otherwise the
+    same)."""
     B = x0.shape[0]
     sigma = objective.noise.sample(B, generator).to(x0.dtype)
     e = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     x_tilde = x0 + sigma.reshape(-1, 1, 1, 1) * e
-    if objective.kind == "prior":
+    if objective.kind == "prior" or (gaussian_skip and not objective.uses_pivot):
+        if gaussian_skip:
+            raise ValueError(f"the Gaussian skip needs an eps objective (its input is the pivot), not {objective.kind}")
         return Batch(x0, sigma, x_tilde, None, None, None)
     lo, hi = objective.sigma_y_range
     sigma_y = (lo + (hi - lo) * torch.rand(B, generator=generator)).to(x0.dtype)
@@ -150,6 +162,7 @@ def make_batch(objective: Objective, x0: torch.Tensor, generator: torch.Generato
     cond = torch.empty((B, objective.cond_channels) + tuple(x0.shape[2:]), dtype=x0.dtype) \
         if objective.cond_channels else None
     task_id = torch.empty(B, dtype=torch.long)
+    skip = torch.empty_like(x0) if gaussian_skip else None
     for k, task in enumerate(objective.tasks):
         rows = (which == k).nonzero().flatten()
         if len(rows) == 0:
@@ -161,11 +174,13 @@ def make_batch(objective: Objective, x0: torch.Tensor, generator: torch.Generato
         if cond is not None:
             cond[rows] = conditioning_.build_conditioning(objective.conditioning, op, y, sigma_y[rows])
         task_id[rows] = conditioning_.task_embedding_index(task)
-    return Batch(x0, sigma, inp, cond, task_id, sigma_y)
+        if skip is not None:
+            skip[rows] = skip_of(inp[rows], sigma[rows], op, sigma_y[rows])
+    return Batch(x0, sigma, inp, cond, task_id, sigma_y, skip)
 
 
 def loss_on_batch(model: EDMPrecond, batch: Batch) -> torch.Tensor:
     """Mean over the batch of w(sigma) * mean-over-pixels (D - x0)^2 (a scalar)."""
-    D = model(batch.inp, batch.sigma, cond=batch.cond, task_id=batch.task_id, sigma_y=batch.sigma_y)
+    D = model(batch.inp, batch.sigma, cond=batch.cond, task_id=batch.task_id, sigma_y=batch.sigma_y, skip=batch.skip)
     per_sample = ((D - batch.x0) ** 2).flatten(1).mean(1)
     return (model.loss_weight(batch.sigma) * per_sample).mean()
