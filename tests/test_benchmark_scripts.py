@@ -378,3 +378,29 @@ def test_model_quality_table_says_when_palette_was_not_measured():
     res["palette_steps"], res["eps_crps_beats_palette"] = 10, ["sr4"]
     text = mq.markdown(res)
     assert "Palette 10 steps" in text and "EPS CRPS beats Palette on 1/1 (target >= 4)" in text
+
+
+def test_eval_history_compares_runs_at_the_steps_all_of_them_evaluated(tmp_path):
+    """benchmarks/eval_history.py: logged evaluations only, at common steps (<= --upto),
+    differences to the first run; a missing log is a clear error."""
+    mod = _load("eval_history")
+    logs = {"a": [{"step": 20, "loss": 1.0}, {"eval": {"step": 500, "psnr_mean_sr4": 20.0, "psnr_mean_box": 22.0}},
+                  {"eval": {"step": 1000, "psnr_mean_sr4": 21.0, "psnr_mean_box": 23.0}},
+                  {"eval": {"step": 1500, "psnr_mean_sr4": 21.5, "psnr_mean_box": 23.5}}],
+            "b": [{"eval": {"step": 500, "psnr_mean_sr4": 20.5, "psnr_mean_box": 21.0}},
+                  {"eval": {"step": 1500, "psnr_mean_sr4": 22.0, "psnr_mean_box": 23.0}}]}
+    for name, recs in logs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "out"
+    assert mod.main(["--run", f"ref={tmp_path / 'a'}", "--run", f"new={tmp_path / 'b'}", "--upto", "1000",
+                     "--out", str(out), "--name", "h"]) == 0
+    rows = json.loads((out / "h.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [500]
+    assert rows[0]["diff"]["new"] == {"sr4": 0.5, "box": -1.0}
+    md = (out / "h.md").read_text()
+    assert "| 500 | diff new | +0.50 | -1.00 |" in md
+    mod.main(["--run", f"ref={tmp_path / 'a'}", "--run", f"new={tmp_path / 'b'}", "--out", str(out), "--name", "h"])
+    assert [r["step"] for r in json.loads((out / "h.json").read_text())["rows"]] == [500, 1500]
+    with pytest.raises(SystemExit, match="not found"):
+        mod.main(["--run", f"ref={tmp_path / 'a'}", "--run", f"x={tmp_path / 'none'}", "--out", str(out)])
