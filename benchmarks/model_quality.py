@@ -152,9 +152,11 @@ def markdown(res: dict) -> str:
 
 
 def update_cards(res: dict) -> None:
+    """Write the result as the ``quality`` entry of the EPS card, and of the Palette card when
+    Palette was measured (with --skip-palette its card keeps its own earlier entry)."""
     summary = (f"test n={res['data']['n']}: EPS mean > LMMSE on {len(res['eps_mean_beats_lmmse'])}/{len(res['rows'])}"
                f" tasks, {_palette_verdict(res)}")
-    for kind in ("eps", "palette"):
+    for kind in ("eps", "palette") if _palette_measured(res) else ("eps",):
         entry = zoo.find_model(res["model"], kind)
         card_path = entry.path.with_suffix(".json")
         card = json.loads(card_path.read_text())

@@ -404,3 +404,22 @@ def test_eval_history_compares_runs_at_the_steps_all_of_them_evaluated(tmp_path)
     assert [r["step"] for r in json.loads((out / "h.json").read_text())["rows"]] == [500, 1500]
     with pytest.raises(SystemExit, match="not found"):
         mod.main(["--run", f"ref={tmp_path / 'a'}", "--run", f"x={tmp_path / 'none'}", "--out", str(out)])
+
+
+def test_model_quality_update_cards_leaves_the_palette_card_alone_when_palette_was_not_measured(tmp_path, monkeypatch):
+    """--update-cards with --skip-palette writes the EPS card's quality only."""
+    mq = _load("model_quality")
+    (tmp_path / "m").mkdir()
+    for kind in ("eps", "palette"):
+        (tmp_path / "m" / f"{kind}.json").write_text(json.dumps({"quality": {"summary": "old"}}))
+        (tmp_path / "m" / f"{kind}.safetensors").write_bytes(b"")
+    monkeypatch.setenv("EXACTPOST_MODELS", str(tmp_path))
+    row = dict(task="sr4", lmmse_psnr=21.0, eps_mean_psnr=22.0, eps_sample_psnr=21.0, eps_crps=0.07)
+    res = dict(model="m", eps_steps=10, palette_steps=None, seed=0, sigma_y=0.05, command="c",
+               data=dict(n=2, train_images=4), rows=[row], eps_mean_beats_lmmse=["sr4"], eps_crps_beats_palette=[])
+    mq.update_cards(res)
+    card = lambda kind: json.loads((tmp_path / "m" / f"{kind}.json").read_text())["quality"]  # noqa: E731
+    assert card("eps")["summary"].startswith("test n=2: EPS mean > LMMSE on 1/1") and card("palette") == {"summary": "old"}
+    res["rows"] = [dict(row, palette_mean_psnr=21.5, palette_crps=0.08)]
+    mq.update_cards(res)
+    assert card("palette")["rows"] == res["rows"]
