@@ -147,13 +147,13 @@ def make_batch(objective: Objective, x0: torch.Tensor, generator: torch.Generato
     ``gaussian_skip`` (an EPS objective): also compute the Gaussian skip S mu* of each pivot
     (:func:`exactpost.core.skip.gaussian_skip`, no random draws: the batch is otherwise the
     same)."""
+    if gaussian_skip and objective.kind != "eps":
+        raise ValueError(f"the Gaussian skip needs an eps objective (its input is the pivot), not {objective.kind}")
     B = x0.shape[0]
     sigma = objective.noise.sample(B, generator).to(x0.dtype)
     e = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     x_tilde = x0 + sigma.reshape(-1, 1, 1, 1) * e
-    if objective.kind == "prior" or (gaussian_skip and not objective.uses_pivot):
-        if gaussian_skip:
-            raise ValueError(f"the Gaussian skip needs an eps objective (its input is the pivot), not {objective.kind}")
+    if objective.kind == "prior":
         return Batch(x0, sigma, x_tilde, None, None, None)
     lo, hi = objective.sigma_y_range
     sigma_y = (lo + (hi - lo) * torch.rand(B, generator=generator)).to(x0.dtype)
