@@ -15,7 +15,13 @@ For every task (sigma_y 0.05, operators and noise drawn as ``exactpost demo`` an
 give, 10 log10(4 / MSE_part), data range 2). Estimates: ``lmmse`` (the exact linear MMSE
 under a Gaussian prior fitted to the training images), ``A+y`` (no prior: its row-space error
 is the measurement noise itself, its null-space error the whole unmeasured image), and the
-EPS 1-NFE posterior mean of the family's EPS model and of each ``--extra`` checkpoint.
+EPS 1-NFE posterior mean of the family's EPS model and of each ``--extra`` checkpoint; with
+``--draws K`` (K > 1) also the average of K such 1-NFE means from independent x_T draws (seeds
+seed, seed + 1, ...; K network evaluations). For the exact denoiser every draw estimates
+E[x0 | y] (the tower property; at sigma_max = 80, x_T carries almost no information), so what
+the average gains over one draw is the network's own sensitivity to the noise in its input,
+and the table's ``draw spread`` column gives it: the root-mean-square per-pixel standard
+deviation across the K draws.
 
 An EPS mean whose row-space part is below A^+ y's does worse on what was measured than the
 raw measurement; its null-space part against the LMMSE's says how well the learned prior
@@ -86,15 +92,23 @@ def measure(args: argparse.Namespace) -> dict:
         op = make_operator(task, len(test), tuple(test.shape[1:]), generator=g)
         y = simulate(op, test, args.sigma_y, generator=g)
         estimates = {"lmmse": gauss.lmmse(op, y, args.sigma_y)[0].float(), "A+y": op.pinv(y)}
+        spreads = {}
         for label, (net, card) in nets.items():
-            res = eps_restore(net, card, op, y, args.sigma_y, task, n_samples=0, nfe=20,
-                              generator=torch.Generator().manual_seed(args.seed))
-            estimates[f"{label} ({card.get('steps', '?')} steps)"] = res.mean
+            draws = torch.stack([eps_restore(net, card, op, y, args.sigma_y, task, n_samples=0, nfe=20,
+                                             generator=torch.Generator().manual_seed(args.seed + k)).mean
+                                 for k in range(args.draws)])
+            name = f"{label} ({card.get('steps', '?')} steps)"
+            estimates[name] = draws[0]
+            if args.draws > 1:
+                name = f"{name}, mean of {args.draws} draws"
+                estimates[name] = draws.mean(0)
+                spreads[name] = float(draws.std(0).pow(2).mean().sqrt())
         for name, est in estimates.items():
             mse = split_mse(op, est, test)
-            rows.append(dict(task=task, estimate=name, mse=mse, psnr={k: _psnr(v) for k, v in mse.items()}))
+            rows.append(dict(task=task, estimate=name, mse=mse, psnr={k: _psnr(v) for k, v in mse.items()},
+                             **({"draw_spread": spreads[name]} if name in spreads else {})))
             print(json.dumps(rows[-1]), file=sys.stderr)
-    return dict(model=args.model, n=len(test), seed=args.seed, sigma_y=args.sigma_y,
+    return dict(model=args.model, n=len(test), seed=args.seed, sigma_y=args.sigma_y, draws=args.draws,
                 data=dict(path=str(args.data), train_key=args.train_key, train_split=args.train_split,
                           test_key=args.test_key, test_split=args.test_split, train_images=len(train)),
                 rows=rows, command=args.command, date=time.strftime("%Y-%m-%d"),
@@ -107,12 +121,15 @@ def markdown(res: dict) -> str:
              "PSNR (dB, data range 2) of the whole error and of its row-space (measured) and null-space "
              "(unmeasured) parts alone; share: the null-space part's fraction of the MSE. The EPS rows are "
              "1-NFE posterior means (steps: the checkpoint card's own count); LMMSE: a Gaussian prior fitted to the "
-             f"{res['data']['train_images']} training images; A+y: no prior.", "",
-             "| task | estimate | PSNR | row-space part | null-space part | null share |", "|---|---|---|---|---|---|"]
+             f"{res['data']['train_images']} training images; A+y: no prior. Draw spread (rows averaging "
+             "several 1-NFE draws): RMS over pixels of the per-pixel std across the draws ([-1, 1] units).", "",
+             "| task | estimate | PSNR | row-space part | null-space part | null share | draw spread |",
+             "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         p, m = r["psnr"], r["mse"]
+        spread = f"{r['draw_spread']:.4f}" if "draw_spread" in r else ""
         lines.append(f"| {r['task']} | {r['estimate']} | {p['all']:.2f} | {p['row']:.2f} | {p['null']:.2f} | "
-                     f"{m['null'] / m['all']:.0%} |")
+                     f"{m['null'] / m['all']:.0%} | {spread} |")
     lines += ["", "For the blurs the split says little: their truncated pseudo-inverse counts nearly every "
               "frequency as measured.", ""]
     return "\n".join(lines)
@@ -132,11 +149,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="LABEL=CHECKPOINT: another EPS model to split (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sigma-y", type=float, default=0.05)
+    ap.add_argument("--draws", type=int, default=1, help="also average this many independent 1-NFE means per EPS "
+                                                          "model (default 1: the single draw only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="results prefix (default benchmarks/results/error_split_<model>)")
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error(f"--n {args.n}: need at least one test image")
+    if args.draws < 1:
+        ap.error(f"--draws {args.draws}: need at least one draw")
     args.command = "python benchmarks/error_split.py " + " ".join(sys.argv[1:] if argv is None else argv)
     return args
 

@@ -360,6 +360,40 @@ def test_error_split_writes_its_table_and_a_plus_y_errs_by_the_noise_alone_where
     assert json.loads((tmp_path / "split.json").read_text())["n"] == 4
 
 
+def test_error_split_draws_average_independent_one_nfe_means(models_env, tmp_path):
+    """--draws 3: the single draw is the --draws 1 row, the mean of three draws is a new row
+    with its spread (> 0: the x_T draws differ), and the average of the draws (checked
+    against eps_restore with the documented seeds)."""
+    es = _load("error_split")
+    rng = np.random.default_rng(1)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), split=np.array([0] * 20 + [2] * 4))
+    common = ["--model", "tiny-32", "--data", str(data), "--train-split", "0", "--test-split", "2", "--n", "4",
+              "--tasks", "sr4", "--seed", "5"]
+    one = es.main(common + ["--out", str(tmp_path / "one")])["rows"]
+    three = es.main(common + ["--draws", "3", "--out", str(tmp_path / "three")])["rows"]
+    assert [r["estimate"] for r in three[:3]] == [r["estimate"] for r in one]
+    assert three[2]["mse"] == one[2]["mse"] and "draw_spread" not in three[2]
+    avg = three[3]
+    assert avg["estimate"].endswith(", mean of 3 draws") and avg["draw_spread"] > 0
+    # the average's error, recomputed from three eps_restore calls with seeds 5, 6, 7
+    from exactpost.app.demo import task_seed
+    from exactpost.inference import zoo
+    from exactpost.inference.restoration import eps_restore
+    from exactpost.io.images import load_images, to_float
+
+    test = to_float(load_images(str(data), None, [2], 32))[:4]
+    g = torch.Generator().manual_seed(task_seed(5, "sr4"))
+    op = make_operator("sr4", 4, (3, 32, 32), generator=g)
+    y = simulate(op, test, 0.05, generator=g)
+    entry = zoo.find_model("tiny-32", "eps")
+    net = zoo.load(entry)
+    mean = torch.stack([eps_restore(net, entry.card, op, y, 0.05, "sr4", n_samples=0, nfe=20,
+                                    generator=torch.Generator().manual_seed(5 + k)).mean for k in range(3)]).mean(0)
+    assert avg["mse"] == pytest.approx(es.split_mse(op, mean, test), rel=1e-6)
+    assert "mean of 3 draws" in (tmp_path / "three.md").read_text()
+
+
 def test_error_split_extra_needs_a_label(capsys):
     es = _load("error_split")
     with pytest.raises(SystemExit) as exc:
