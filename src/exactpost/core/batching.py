@@ -27,6 +27,14 @@ def batch_vector(value: Value, batch: int, like: torch.Tensor, name: str) -> tor
     return v
 
 
+def check_sigma_y(sigma_y: Value, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """Validate sigma_y (finite, >= 0; scalar or [B]) and return it as [B]."""
+    sy = batch_vector(sigma_y, batch, like, "sigma_y")
+    if bool((sy < 0).any()):
+        raise ValueError(f"sigma_y must be >= 0 (0 means noiseless), got {sigma_y}")
+    return sy
+
+
 def per_sample(value: torch.Tensor, ndim: int) -> torch.Tensor:
     """Reshape a [B] tensor (or [B, 1, ..., 1]) to [B, 1, ..., 1] with ``ndim`` dims, to
     broadcast against a [B, ...] tensor with ``ndim`` dims."""

@@ -26,7 +26,7 @@ from typing import Any, Callable, Union
 
 import torch
 
-from .batching import batch_vector, per_sample
+from .batching import batch_vector, check_sigma_y, per_sample  # noqa: F401 (check_sigma_y re-exported)
 from .interpolants import Denoiser, Interpolant, noise_levels  # noqa: F401 (noise_levels re-exported)
 from ..operators.base import LinearOperator
 
@@ -37,14 +37,6 @@ Scalar = Union[float, torch.Tensor]
 EPSNetwork = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
 #: Marker for "compute the default conditioning" (None means: the network takes none).
 DEFAULT_COND: Any = object()
-
-
-def check_sigma_y(sigma_y: Scalar, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """Validate sigma_y (finite, >= 0; scalar or [B]) and return it as [B]."""
-    sy = batch_vector(sigma_y, batch, like, "sigma_y")
-    if bool((sy < 0).any()):
-        raise ValueError(f"sigma_y must be >= 0 (0 means noiseless), got {sigma_y}")
-    return sy
 
 
 def check_measurement(op: LinearOperator, y: torch.Tensor) -> torch.Tensor:

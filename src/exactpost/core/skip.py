@@ -16,7 +16,7 @@ from typing import Union
 import torch
 
 from ..operators.base import LinearOperator
-from .batching import batch_vector, per_sample
+from .batching import batch_vector, check_sigma_y, per_sample
 
 __all__ = ["gaussian_skip"]
 
@@ -45,9 +45,7 @@ def gaussian_skip(mu: torch.Tensor, sigma: Scalar, op: LinearOperator, sigma_y: 
     sig = batch_vector(sigma, mu.shape[0], mu, "sigma")
     if bool((sig <= 0).any()):
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    sy = batch_vector(sigma_y, mu.shape[0], mu, "sigma_y")
-    if bool((sy < 0).any()):
-        raise ValueError(f"sigma_y must be >= 0 (0 means noiseless), got {sigma_y}")
+    sy = check_sigma_y(sigma_y, mu.shape[0], mu)
     sd2 = float(sigma_data) ** 2
     c_skip = sd2 / (sd2 + sig**2)
     rho_e = sy**2 * (1.0 / sig**2 + 1.0 / sd2)
