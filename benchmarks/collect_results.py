@@ -24,6 +24,8 @@ RESULTS = HERE / "results"
 # (file stem or prefix, section title, what it shows); files not listed come last
 ORDER = [
     ("bench_images_", "Image benchmarks (bundled models)", "EPS against Palette and the training-free baselines on test images"),
+    ("paper_claim_images", "The paper's image claim", "EPS@20 against the best other method per task and metric; "
+     "calibration targets"),
     ("model_quality_", "Bundled model quality", "EPS 1-NFE mean vs the Gaussian LMMSE; EPS CRPS vs Palette"),
     ("gmm_bench", "Gaussian-mixture benchmark (exact posteriors)", "MCGdiff protocol, SW to the exact posterior"),
     ("gmm_exactness", "EPS with the exact oracle on mixtures", "SW / noise floor"),

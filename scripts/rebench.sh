@@ -2,7 +2,8 @@
 # Issue 16's re-bundling and re-measuring, once scripts/long_runs.sh has finished a family:
 #
 #   scripts/rebench.sh faces|cifar     # one family (one core each: taskset -c N env OMP_NUM_THREADS=1 ...)
-#   scripts/rebench.sh finish          # after both: the bundled-model test reference, RESULTS.md
+#   scripts/rebench.sh finish          # after both: the bundled-model test reference, the paper-claim
+#                                      # table of both 100-image benches, RESULTS.md
 #   DRY_RUN=1 scripts/rebench.sh faces # print the commands it would run, run nothing
 #
 # For a family, in order (each stage skipped when its result is already there for these weights):
@@ -65,6 +66,7 @@ skip() { echo "rebench.sh: $*; skipping" >&2; }
 
 if [ "$what" = finish ]; then
   run "$python" scripts/bundled_reference_means.py tests/data/bundled_reference_means.npz
+  run "$python" benchmarks/paper_claim_images.py
   run "$python" benchmarks/collect_results.py
   exit 0
 fi

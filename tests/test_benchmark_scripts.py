@@ -457,3 +457,54 @@ def test_model_quality_update_cards_leaves_the_palette_card_alone_when_palette_w
     res["rows"] = [dict(row, palette_mean_psnr=21.5, palette_crps=0.08)]
     mq.update_cards(res)
     assert card("palette")["rows"] == res["rows"]
+
+
+def _bench_cell(task, method, nfe, psnr, ssim, crps, coverage=None, spread_skill=None):
+    cell = dict(task=task, method=method, nfe_budget=nfe, psnr=psnr, ssim=ssim, crps=crps)
+    if coverage is not None:
+        cell.update(coverage80=coverage, coverage80_reference=0.6, spread_skill=spread_skill)
+    return cell
+
+
+def test_paper_claim_images_counts_strict_wins_and_checks_calibration_targets(tmp_path, capsys):
+    pc = _load("paper_claim_images")
+    cells = [
+        # inpaint-random: EPS best PSNR, tied SSIM (not a win), worse CRPS
+        _bench_cell("inpaint-random", "eps", 20, 25.0, 0.80, 0.050, coverage=0.625, spread_skill=1.09),
+        _bench_cell("inpaint-random", "dps", 100, 24.0, 0.80, 0.060, coverage=0.400, spread_skill=0.60),
+        _bench_cell("inpaint-random", "dps", 250, 24.5, 0.70, 0.045, coverage=0.640, spread_skill=0.85),
+        # sr4: EPS best everywhere; its coverage is 0.04 off (missed), spread/skill 1.11 (missed)
+        _bench_cell("sr4", "eps", 20, 22.0, 0.70, 0.070, coverage=0.640, spread_skill=1.11),
+        _bench_cell("sr4", "pigdm", 100, 21.0, 0.60, 0.080, coverage=0.575, spread_skill=0.95),
+        _bench_cell("sr4", "eps", 5, 30.0, 0.99, 0.001),  # another EPS budget is not a competitor
+    ]
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(dict(config=dict(model="fam-32"), cells=cells)))
+    res = pc.main(["--bench", str(bench), "--out", str(tmp_path / "claim")])
+    cl = res["claims"]["fam-32"]
+    assert (cl["wins"], cl["cells"]) == (4, 6)
+    ir = cl["tasks"]["inpaint-random"]
+    assert ir["psnr"]["win"] and ir["psnr"]["best"] == "dps@250" and ir["psnr"]["margin"] == pytest.approx(0.5)
+    assert not ir["ssim"]["win"] and ir["ssim"]["margin"] == 0.0
+    assert not ir["crps"]["win"] and ir["crps"]["best"] == "dps@250" and ir["crps"]["margin"] == pytest.approx(-0.005)
+    assert all(cl["tasks"]["sr4"][f]["win"] for f in ("psnr", "ssim", "crps"))
+    calib = {(t, r["method"]): r for t, rows in cl["calibration"].items() for r in rows}
+    assert (calib["inpaint-random", "eps@20"]["coverage_ok"], calib["inpaint-random", "eps@20"]["spread_skill_ok"]) \
+        == (True, True)
+    assert (calib["sr4", "eps@20"]["coverage_ok"], calib["sr4", "eps@20"]["spread_skill_ok"]) == (False, False)
+    assert calib["sr4", "pigdm@100"]["gap"] == pytest.approx(-0.025) and calib["sr4", "pigdm@100"]["coverage_ok"]
+    assert ("sr4", "eps@5") not in calib  # no calibration fields recorded
+    md = (tmp_path / "claim.md").read_text()
+    assert "## fam-32: EPS wins 4 of 6" in md and "| sr4 | eps@20 | 0.640 | 0.600 | +0.040 | 1.11 | missed | missed |" in md
+    json.loads((tmp_path / "claim.json").read_text())
+
+
+def test_paper_claim_images_refuses_an_unfinished_bench(tmp_path):
+    pc = _load("paper_claim_images")
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(dict(config=dict(model="fam-32"),
+                                     cells=[_bench_cell("sr4", "pigdm", 100, 21.0, 0.6, 0.08)])))
+    with pytest.raises(pc.ClaimError, match="no EPS cell at 20 NFE"):
+        pc.main(["--bench", str(bench), "--out", str(tmp_path / "claim")])
+    with pytest.raises(pc.ClaimError, match="no such file"):
+        pc.main(["--bench", str(tmp_path / "missing.json"), "--out", str(tmp_path / "claim")])
