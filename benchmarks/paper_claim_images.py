@@ -142,10 +142,10 @@ def markdown(claims: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _write_text(path: Path, text: str) -> None:
+    from exactpost.io.atomic import write_atomic
+
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -164,9 +164,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                 command="python benchmarks/paper_claim_images.py" + "".join(f" {a}" for a in argv),
                 sources=[p.name for p in args.bench])
     result = dict(meta=meta, coverage_tol=COVERAGE_TOL, spread_skill_tol=SPREAD_SKILL_TOL, claims=claims)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(args.out.with_suffix(".json"), json.dumps(result, indent=1))
-    _write_atomic(args.out.with_suffix(".md"), markdown(claims, meta))
+    _write_text(args.out.with_suffix(".json"), json.dumps(result, indent=1))
+    _write_text(args.out.with_suffix(".md"), markdown(claims, meta))
     for family, cl in claims.items():
         print(f"{family}: EPS wins {cl['wins']} of {cl['cells']}")
     return result
