@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, replace
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from exactpost.core import samplers as S
+from exactpost.bench.machine import cpu_name
 from exactpost.bench.gmm_eval import eps_oracle_draw, sw_to_posterior
 from exactpost.bench.gmm_learned import MLPTraining, denoiser_gap, learned_draw, same_operator_problems, train_mlp
 from exactpost.priors.gmm import mcgdiff_measurement, mcgdiff_prior
@@ -71,16 +71,6 @@ def run(seed: int, cfg: MLPTraining = RECIPE) -> dict:
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -100,7 +90,7 @@ def main() -> None:
     cmd = "python benchmarks/gmm_learned_eps.py --seeds " + " ".join(map(str, args.seeds)) + \
         ("" if args.steps == RECIPE.steps else f" --steps {args.steps}")
     data = {"command": cmd, "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{_cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}", "threads": 1,
+            "machine": f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}", "threads": 1,
             "wall_seconds": round(wall, 1), "recipe": asdict(recipe), "gap_sigmas": list(GAP_SIGMAS), "rows": rows}
     (out / "gmm_learned_eps.json").write_text(json.dumps(data, indent=1))
     (out / "gmm_learned_eps.md").write_text(render(data))

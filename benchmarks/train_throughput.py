@@ -234,15 +234,9 @@ def measure_memory(objective: str, preset: str, size: int, batch: int, threads: 
 
 # --- report -------------------------------------------------------------------------------
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(cpu=cpu, cores=os.cpu_count(), machine=platform.machine(), python=platform.python_version(),
+    from exactpost.bench.machine import cpu_name
+
+    return dict(cpu=cpu_name(), cores=os.cpu_count(), machine=platform.machine(), python=platform.python_version(),
                 torch=torch.__version__, threads=torch.get_num_threads(),
                 omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
 

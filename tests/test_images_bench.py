@@ -205,6 +205,55 @@ def test_no_bare_skips_the_bare_timing_and_leaves_the_cost_ratio_blank(models_en
     assert line.endswith(" | - |")
 
 
+def _on_cpu(monkeypatch, label: str) -> None:
+    """Make the bench believe it runs on the CPU called ``label``."""
+    monkeypatch.setattr(images_cells, "cpu_label", lambda: label)
+    monkeypatch.setattr(ib, "cpu_label", lambda: label)
+
+
+def test_cells_of_another_cpu_keep_the_bare_timing_of_theirs(models_env, tmp_path, monkeypatch):
+    """A cache filled on two machines: each cell's cost ratio is against the bare sampler timed
+    on its own CPU, the table gets a CPU column with a legend, and a cell whose batches ran on
+    both CPUs gets no ratio."""
+    prefix = tmp_path / "two"
+    _on_cpu(monkeypatch, "Fast CPU, AVX512")
+    assert _run(prefix, "--tasks", "sr4", "--methods", "eps", "--nfe", "3") == 0
+    # the second machine: a new cell, and one whose first batch was saved on the first machine
+    real = images_cells.restore_batch
+    count = {"n": 0}
+
+    def dies_on_second(setup, cell, op, y, g):
+        count["n"] += 1
+        if count["n"] == 2:
+            raise KeyboardInterrupt
+        return real(setup, cell, op, y, g)
+
+    monkeypatch.setattr(images_cells, "restore_batch", dies_on_second)
+    assert _run(prefix, "--tasks", "sr4", "--methods", "eps,ddnm", "--nfe", "3") == 130
+    monkeypatch.setattr(images_cells, "restore_batch", real)
+    _on_cpu(monkeypatch, "Slow CPU, AVX2")
+    assert _run(prefix, "--tasks", "sr4", "--methods", "eps,ddnm,mpgd", "--nfe", "3") == 0
+    doc = _doc(prefix)
+    bare = {b["cpu"]: b for b in doc["bare"]}
+    assert set(bare) == {"Fast CPU, AVX512", "Slow CPU, AVX2"}
+    assert bare["Slow CPU, AVX2"]["key"] == "bare__nfe3__slow-cpu-avx2"
+    cells = {c["method"]: c for c in doc["cells"]}
+    assert cells["eps"]["cpu"] == "Fast CPU, AVX512" and cells["mpgd"]["cpu"] == "Slow CPU, AVX2"
+    for m in ("eps", "mpgd"):
+        assert cells[m]["cost_ratio"] == pytest.approx(
+            cells[m]["seconds_per_image"] / bare[cells[m]["cpu"]]["seconds_per_image"])
+    assert cells["ddnm"]["cpu"] == "mixed" and cells["ddnm"]["cost_ratio"] is None
+    md = (prefix.parent / "two.md").read_text()
+    assert "| cost ratio | CPU |" in md
+    assert "A = Fast CPU, AVX512; B = several (a cell resumed on another machine; no cost ratio); " \
+           "C = Slow CPU, AVX2." in md
+    # one CPU only: no column, the CPU named in the notes
+    one = tmp_path / "one"
+    assert _run(one, "--tasks", "sr4", "--methods", "eps", "--nfe", "3") == 0
+    md = (one.parent / "one.md").read_text()
+    assert "| cost ratio |\n" in md and "timed on the same CPU (Slow CPU, AVX2)" in md
+
+
 def test_same_seed_same_numbers_other_seed_other_numbers(models_env, tmp_path):
     args = ("--tasks", "deblur-motion", "--methods", "eps,mpgd", "--nfe", "3")
     assert _run(tmp_path / "a", *args) == 0 and _run(tmp_path / "b", *args) == 0

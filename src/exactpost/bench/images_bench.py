@@ -59,7 +59,11 @@ Scores of a cell (images in [-1, 1], samples clamped to [-1, 1] as when saved as
   sample, and the **cost ratio**: seconds per image divided by those of the bare sampler at
   the same budget -- unconditional EDM Heun of the prior (one call at sigma_max, then Heun
   with NFE - 1, i.e. NFE network calls per sample; as ``benchmarks/cost.py``), K samples per
-  image, one batch of the same size, timed once per budget in the run (after a warm-up call).
+  image, one batch of the same size, timed once per budget and CPU (after a warm-up call). Every
+  cell and bare timing records the CPU it ran on (:func:`exactpost.bench.machine.cpu_label`:
+  these machines differ between sessions, 2.3x on the same network), and a cell's ratio uses
+  the bare timing of its own CPU; when a cache holds cells of several CPUs the table gets a CPU
+  column, and a cell whose batches ran on several has no ratio.
 
 Reproducibility and resumption. Each batch b of a cell draws from its own generator seeded
 :func:`batch_seed` (seed, task, method, nfe, b), so a cell's numbers do not depend on which
@@ -101,6 +105,7 @@ import torch
 from ..io.images import save_text
 from .images_cache import Cache
 from .images_cells import run_cell, time_bare
+from .machine import cpu_label
 from .images_config import (LEVEL, PLOTS_HINT, BenchConfig, add_arguments, bare_key, batch_ranges, cells_of,
                             config_from_args)
 from .images_report import markdown, refresh_fd, rows_of, write_plots
@@ -128,7 +133,10 @@ def run_config(cfg: BenchConfig) -> int:
     cells = cells_of(cfg, setup.methods)
     pending = [c for c in cells if not cache.valid(c.key, setup.depends(c.method, c.task))]
     budgets = sorted({c.nfe for c in cells})
-    bare_pending = [n for n in budgets if not cache.valid(bare_key(n), setup.depends("bare"))] if cfg.bare else []
+    # the bare sampler is timed on this CPU for the budgets of the cells measured here (cells
+    # cached from another machine keep the bare timing of theirs)
+    bare_pending = [n for n in sorted({c.nfe for c in pending})
+                    if not cache.valid(bare_key(n, cpu_label()), setup.depends("bare"))] if cfg.bare else []
     n_batches = len(batch_ranges(cfg.images, cfg.batch))
     bar = None
     if cfg.progress and (pending or bare_pending):
@@ -173,7 +181,9 @@ def run_config(cfg: BenchConfig) -> int:
                encoder=dict(name=setup.encoder_name, note=setup.encoder_note or None),
                mmd_bandwidth=setup.bandwidth,
                mmd_estimator="paired U-statistic, Gretton et al. 2012 eq. 4 (metrics.mmd2_paired)",
-               bare=[cache.records[bare_key(n)] for n in budgets if bare_key(n) in cache.records], cells=rows)
+               bare=[r for r in cache.records.values() if r.get("kind") == "bare" and r["nfe_budget"] in budgets
+                     and cache.valid(r["key"], setup.depends("bare"))],
+               cells=rows)
     save_text(out.with_name(out.name + ".json"), json.dumps(json_safe(doc), indent=1) + "\n")
     save_text(out.with_name(out.name + ".md"), markdown(setup, rows, meta))
     written = [f"{out.name}.json", f"{out.name}.md"]

@@ -14,6 +14,10 @@ from .gmm_bench import derived_seed
 from .images_cache import Cache
 from .images_config import CALIB_LEVEL, Cell, LEVEL, SIGMA_MAX, bare_key, batch_ranges, batch_seed, slice_operator
 from .images_setup import Setup, features
+from .machine import cpu_label
+
+#: a cell whose batches were timed on more than one CPU (resumed on another machine): no cost ratio
+MIXED_CPUS = "mixed"
 
 
 # --- one cell ----------------------------------------------------------------------------
@@ -86,7 +90,8 @@ def run_cell(setup: Setup, cache: "Cache", cell: Cell, on_batch: Callable[[], No
             seconds = time.perf_counter() - t0
             part = dict(samples=res.samples.detach().float(),
                         mean=res.mean.detach().float() if res.nfe_mean else None,
-                        info=dict(seconds=seconds, nfe_mean=int(res.nfe_mean), nfe_sample=int(res.nfe_sample),
+                        info=dict(seconds=seconds, cpu=cpu_label(), nfe_mean=int(res.nfe_mean),
+                                  nfe_sample=int(res.nfe_sample),
                                   backward=int(res.settings.get("backward_passes_per_sample", 0)),
                                   sampler={k: v for k, v in res.settings.items() if k != "tuned"},
                                   tuned=settings))
@@ -97,19 +102,21 @@ def run_cell(setup: Setup, cache: "Cache", cell: Cell, on_batch: Callable[[], No
     net_mean = torch.cat([p["mean"] for p in parts]) if all(p["mean"] is not None for p in parts) else None
     info = parts[0]["info"]
     seconds = sum(p["info"]["seconds"] for p in parts)
+    cpus = {p["info"].get("cpu") for p in parts}  # None: a batch saved before CPUs were recorded
     rec: dict[str, Any] = dict(key=cell.key, task=cell.task, method=cell.method, nfe_budget=cell.nfe,
                                nfe_sample=info["nfe_sample"], nfe_mean=info["nfe_mean"],
                                backward_passes=info["backward"], images=len(setup.truth), samples=cfg.samples,
                                batch=cfg.batch, seconds=seconds, seconds_per_image=seconds / len(setup.truth),
-                               sampler=info["sampler"], tuned=info["tuned"] or None, depends=depends)
+                               sampler=info["sampler"], tuned=info["tuned"] or None, depends=depends,
+                               cpu=cpus.pop() if len(cpus) == 1 else MIXED_CPUS)
     rec.update(score_cell(setup, samples, net_mean))
     cache.add(rec, samples[0])
     return rec
 
 
 def time_bare(setup: Setup, nfe: int) -> dict[str, Any]:
-    """Wall time of the bare unconditional sampler at budget ``nfe``: K samples of one batch
-    (module docstring)."""
+    """Wall time of the bare unconditional sampler at budget ``nfe`` on this CPU: K samples of
+    one batch (module docstring); keyed by the CPU, so each machine's cells have their own."""
     from ..core.interpolants import EDM
     from ..nets.precond import as_denoiser
     from ..core.samplers import edm_heun, heun_steps_for_nfe
@@ -129,5 +136,6 @@ def time_bare(setup: Setup, nfe: int) -> dict[str, Any]:
             out = edm_heun(prior, shape, steps=steps, sigma_max=SIGMA_MAX, generator=g, init_mean=mean)
             used = 1 + out.nfe
         seconds = time.perf_counter() - t0
-    return dict(key=bare_key(nfe), kind="bare", nfe_budget=nfe, nfe_sample=used, batch=b, samples=cfg.samples,
-                seconds=seconds, seconds_per_image=seconds / b, depends=setup.depends("bare"))
+    cpu = cpu_label()
+    return dict(key=bare_key(nfe, cpu), kind="bare", nfe_budget=nfe, nfe_sample=used, batch=b, samples=cfg.samples,
+                seconds=seconds, seconds_per_image=seconds / b, depends=setup.depends("bare"), cpu=cpu)

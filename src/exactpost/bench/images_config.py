@@ -257,8 +257,12 @@ def cells_of(cfg: BenchConfig, methods: Optional[Sequence[str]] = None) -> list[
     return [Cell(t, m, n) for t in cfg.tasks for m in (methods or cfg.methods) for n in cfg.budgets(m)]
 
 
-def bare_key(nfe: int) -> str:
-    return f"bare__nfe{nfe}"
+def bare_key(nfe: int, cpu: Optional[str] = None) -> str:
+    """The cache key of the bare sampler's timing at budget ``nfe`` on the CPU labelled ``cpu``
+    (:func:`exactpost.bench.machine.cpu_label`); ``None``: a timing from before CPUs were recorded."""
+    from .machine import slug
+
+    return f"bare__nfe{nfe}" if cpu is None else f"bare__nfe{nfe}__{slug(cpu)}"
 
 
 def batch_seed(seed: int, task: str, method: str, nfe: int, batch_index: int) -> int:

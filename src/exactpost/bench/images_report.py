@@ -13,7 +13,7 @@ import torch
 from ..io.atomic import write_atomic
 from ..core.sampler_spec import DEFAULT
 from .images_cache import Cache
-from .images_cells import fd_of
+from .images_cells import MIXED_CPUS, fd_of
 from .images_config import DPS_EXTRA_NFE, EPS_NFE, OTHER_NFE, bare_key, cells_of
 from .images_setup import Setup
 
@@ -25,14 +25,17 @@ COLUMNS = (("psnr", "PSNR", "{:.2f}", True), ("ssim", "SSIM", "{:.3f}", True), (
 
 
 def rows_of(setup: Setup, cache: Cache) -> list[dict[str, Any]]:
-    """The run's cell records in table order, each with its cost ratio to the bare sampler."""
+    """The run's cell records in table order, each with its cost ratio to the bare sampler
+    timed on the same CPU (none for a cell whose batches ran on several)."""
     rows = []
     for cell in cells_of(setup.cfg, setup.methods):
         rec = cache.records.get(cell.key)
         if rec is None:
             continue
         row = dict(rec)
-        bare = cache.records.get(bare_key(cell.nfe))
+        cpu = rec.get("cpu")
+        key = bare_key(cell.nfe, cpu)
+        bare = cache.records.get(key) if cpu != MIXED_CPUS and cache.valid(key, setup.depends("bare")) else None
         row["bare_seconds_per_image"] = bare["seconds_per_image"] if bare else None
         row["cost_ratio"] = (rec["seconds_per_image"] / bare["seconds_per_image"]
                              if bare and bare["seconds_per_image"] > 0 else None)
@@ -66,6 +69,22 @@ def _best(rows: list[dict[str, Any]], field_: str, higher: bool) -> Optional[flo
     return max(vals) if higher else min(vals)
 
 
+def cpu_tags(rows: list[dict[str, Any]]) -> dict[Optional[str], str]:
+    """A letter per CPU the rows were timed on (A, B, ... in order of appearance); empty when
+    all were timed on one, so the table needs no CPU column."""
+    cpus = list(dict.fromkeys(r.get("cpu") for r in rows))
+    return {c: chr(ord("A") + i) for i, c in enumerate(cpus)} if len(cpus) > 1 else {}
+
+
+def _cpu_text(cpu: Optional[str]) -> str:
+    if cpu is None:
+        return ("not recorded (timed before CPUs were recorded; its cost ratio is against the bare sampler timing "
+                "also recorded without a CPU, which may come from another session)")
+    if cpu == MIXED_CPUS:
+        return "several (a cell resumed on another machine; no cost ratio)"
+    return cpu
+
+
 def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The report: the table (paper layout, best per task in bold) with its notes and command."""
     cfg = setup.cfg
@@ -73,6 +92,7 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
     enc = setup.encoder_name
     split = f", split {','.join(map(str, d['split']))}" if d.get("split") else ""
     key = f", array {d['key']}" if d.get("key") else ""
+    tags = cpu_tags(rows)
     budgets = ("every method at NFE " + ",".join(map(str, cfg.nfe)) if cfg.nfe is not None else
                f"the paper protocol: eps at {EPS_NFE} NFE, every other method at {OTHER_NFE}, dps also at "
                f"{DPS_EXTRA_NFE}")
@@ -86,8 +106,9 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
          + (f" with the step sizes tuned on validation images at NFE 100 ({Path(setup.tuned_path).name}; "
             f"used at every budget)"
             if setup.tuned_path else " with the registry's default settings") + ".", "",
-         "| task | method | NFE | PSNR | SSIM | CRPS | FD | cov80 (ref) | spread/skill | s / image | cost ratio |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| task | method | NFE | PSNR | SSIM | CRPS | FD | cov80 (ref) | spread/skill | s / image | cost ratio |"
+         + (" CPU |" if tags else ""),
+         "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if tags else "")]
     for task in cfg.tasks:
         group = [r for r in rows if r["task"] == task]
         bests = {f: _best(group, f, hi) for f, _, _, hi in COLUMNS}
@@ -104,7 +125,7 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
                 cells.append(f"**{s}**" if bests[f] is not None and v == bests[f] else s)
             ratio = f"{r['cost_ratio']:.2f}x" if r.get("cost_ratio") is not None else "-"
             L.append(f"| {task} | {r['method']} | {_nfe_label(r)} | " + " | ".join(cells + _calibration_cells(r))
-                     + f" | {r['seconds_per_image']:.3f} | {ratio} |")
+                     + f" | {r['seconds_per_image']:.3f} | {ratio} |" + (f" {tags[r.get('cpu')]} |" if tags else ""))
     L += ["", "Columns (images in [-1, 1], samples clamped to [-1, 1]; best per task in bold):", "",
           f"- PSNR (dB, data range 2) and SSIM of the posterior-mean estimate: the mean of the {cfg.samples} "
           f"samples (not the network's 1-NFE mean), averaged over images. Higher is better.",
@@ -128,7 +149,13 @@ def markdown(setup: Setup, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
           f"other work: single timings, not medians.",
           f"- cost ratio: s / image over the bare sampler's at the same budget (unconditional EDM Heun of the "
           f"prior, one call at sigma_max + Heun with NFE - 1, {cfg.samples} samples per image, batch "
-          f"{min(cfg.batch, cfg.images)}, timed in this run).", ""]
+          f"{min(cfg.batch, cfg.images)}) timed on the same CPU"
+          + (": compare seconds only between rows of the same CPU column, ratios across them." if tags else
+             f" ({_cpu_text(rows[0].get('cpu')) if rows else '-'}).")]
+    if tags:
+        L.append("- CPU: where the cell was timed (this cache was filled on several machines): "
+                 + "; ".join(f"{t} = {_cpu_text(c)}" for c, t in tags.items()) + ".")
+    L.append("")
     one = [r for r in rows if r["method"] == "eps" and r.get("psnr_1nfe_mean") is not None]
     if one:
         L += ["EPS 1-NFE posterior mean PSNR (dB): " + ", ".join(
