@@ -61,7 +61,7 @@ Scores of a cell (images in [-1, 1], samples clamped to [-1, 1] as when saved as
   with NFE - 1, i.e. NFE network calls per sample; as ``benchmarks/cost.py``), K samples per
   image, one batch of the same size, timed once per budget and CPU (after a warm-up call). Every
   cell and bare timing records the CPU it ran on (:func:`exactpost.bench.machine.cpu_label`:
-  these machines differ between sessions, 2.3x on the same network), and a cell's ratio uses
+  these machines differ between sessions: 2.1-2.7x on the same cells), and a cell's ratio uses
   the bare timing of its own CPU; when a cache holds cells of several CPUs the table gets a CPU
   column, and a cell whose batches ran on several has no ratio.
 

@@ -1,7 +1,7 @@
 """Which CPU a benchmark ran on, so that timings are compared only within one machine.
 
 These machines change from session to session (seen: an AVX-512 Intel CPU and an AVX2-only AMD
-EPYC, 2.3x apart on the same network), and a resumable benchmark's cells can be measured in
+EPYC: the same 100-image baseline cells took 2.1-2.7x as long on the second), and a resumable benchmark's cells can be measured in
 different sessions; a cost ratio is only meaningful against a reference timed on the same CPU.
 """
 
