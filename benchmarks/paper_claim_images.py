@@ -12,7 +12,19 @@ Calibration (issue 21; K samples per image): coverage of the per-pixel central i
 both), target within ``COVERAGE_TOL``; spread/skill (1 for calibrated samples) within
 ``1 +- SPREAD_SKILL_TOL``.
 
-It computes nothing new: every number is a field of the bench JSON. Usage::
+Why PSNR can lose (the third table): the bench scores the mean of K samples, whose expected
+squared error is the sampler's own posterior-mean error plus v/K (v the per-pixel variance of
+its samples), so at K = 4 a calibrated sampler pays about 10 log10(1 + 1/K) = 0.97 dB and an
+over-confident one less. From each cell's pooled spread and skill (bench fields,
+:func:`exactpost.core.metrics.spread_skill`), with mean s^2 = spread^2 K / (K + 1) unbiased for v:
+
+    MSE_K   = skill^2                                   (the K-sample mean, pooled over pixels)
+    MSE_inf = skill^2 - spread^2 / (K + 1)              (unbiased for the method's own mean, K -> inf)
+
+reported as pooled PSNR 10 log10(4 / MSE) (data range 2; pooled over all pixels, so not equal
+to the bench's per-image average PSNR).
+
+It computes nothing new: every number is a field of the bench JSON or the formula above. Usage::
 
     python benchmarks/paper_claim_images.py            # the two committed 100-image runs
     python benchmarks/paper_claim_images.py --bench benchmarks/results/bench_images_faces-32_n100.json ...
@@ -25,6 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -83,6 +96,35 @@ def task_claim(cells: Sequence[dict[str, Any]], task: str) -> dict[str, Any]:
     return out
 
 
+def own_mean_psnr(cell: dict[str, Any]) -> Optional[dict[str, float]]:
+    """Pooled PSNR of the cell's K-sample mean and the unbiased estimate of its own posterior
+    mean's (K -> inf; module docstring); None without spread/skill."""
+    spread, skill, k = cell.get("spread"), cell.get("skill"), cell.get("samples")
+    if spread is None or skill is None or not k:
+        return None
+    mse_k = skill**2
+    mse_inf = mse_k - spread**2 / (k + 1)
+    psnr = lambda mse: 10 * math.log10(4.0 / mse) if mse > 0 else math.inf  # noqa: E731
+    return dict(k=k, psnr_k=psnr(mse_k), psnr_inf=psnr(mse_inf))
+
+
+def mean_estimates(cells: Sequence[dict[str, Any]], task: str) -> Optional[dict[str, Any]]:
+    """EPS's pooled PSNR at K samples and at K -> inf against the other rows of ``task``: the
+    best other row by each, and how many other rows EPS is above by each; None when the task's
+    cells lack spread/skill."""
+    rows = [(label(c), own_mean_psnr(c)) for c in cells if c["task"] == task]
+    if not rows or any(v is None for _, v in rows):
+        return None
+    eps = next(v for name, v in rows if name == f"eps@{EPS_NFE}")
+    others = [(name, v) for name, v in rows if not name.startswith("eps@")]
+    out: dict[str, Any] = dict(eps=eps, others=len(others))
+    for which in ("psnr_k", "psnr_inf"):
+        best = max(others, key=lambda nv: nv[1][which])
+        out[which] = dict(best=best[0], best_value=best[1][which],
+                          eps_above=sum(eps[which] > v[which] for _, v in others))
+    return out
+
+
 def calibration(cells: Sequence[dict[str, Any]], task: str) -> list[dict[str, Any]]:
     """Each method's coverage (with its exchangeable reference) and spread/skill on ``task``,
     with the two target checks; rows without calibration fields are left out."""
@@ -102,7 +144,9 @@ def family_claim(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     per_task = {t: task_claim(cells, t) for t in tasks}
     wins = sum(per_task[t][f]["win"] for t in tasks for f, _, _ in METRICS)
     calib = {t: rows for t in CALIBRATION_TASKS if t in tasks and (rows := calibration(cells, t))}
-    return dict(tasks=per_task, wins=wins, cells=len(tasks) * len(METRICS), calibration=calib)
+    means = {t: m for t in tasks if (m := mean_estimates(cells, t)) is not None}
+    return dict(tasks=per_task, wins=wins, cells=len(tasks) * len(METRICS), calibration=calib,
+                mean_estimates=means)
 
 
 def _fmt(field: str, v: float, sign: bool = False) -> str:
@@ -138,6 +182,17 @@ def markdown(claims: dict[str, Any], meta: dict[str, Any]) -> str:
                     L.append(f"| {task} | {r['method']} | {r['coverage']:.3f} | {r['reference']:.3f} | {r['gap']:+.3f} | "
                              f"{r['spread_skill']:.2f} | {'met' if r['coverage_ok'] else 'missed'} | "
                              f"{'met' if r['spread_skill_ok'] else 'missed'} |")
+            L.append("")
+        if cl["mean_estimates"]:
+            L += ["Why PSNR (the mean of K samples pays their spread; module docstring): pooled PSNR of the K-sample "
+                  "mean and of each method's own posterior mean (K -> inf, unbiased estimate):", "",
+                  "| task | EPS: K-sample mean | best other: K-sample mean | EPS above (of others) | EPS: own mean "
+                  "(K -> inf) | best other: own mean | EPS above (of others) |", "|---|---|---|---|---|---|---|"]
+            for task, m in cl["mean_estimates"].items():
+                k, inf = m["psnr_k"], m["psnr_inf"]
+                L.append(f"| {task} | {m['eps']['psnr_k']:.2f} | {k['best_value']:.2f} {k['best']} | "
+                         f"{k['eps_above']} of {m['others']} | {m['eps']['psnr_inf']:.2f} | "
+                         f"{inf['best_value']:.2f} {inf['best']} | {inf['eps_above']} of {m['others']} |")
             L.append("")
     return "\n".join(L)
 

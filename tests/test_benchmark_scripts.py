@@ -494,6 +494,7 @@ def test_paper_claim_images_counts_strict_wins_and_checks_calibration_targets(tm
     assert (calib["sr4", "eps@20"]["coverage_ok"], calib["sr4", "eps@20"]["spread_skill_ok"]) == (False, False)
     assert calib["sr4", "pigdm@100"]["gap"] == pytest.approx(-0.025) and calib["sr4", "pigdm@100"]["coverage_ok"]
     assert ("sr4", "eps@5") not in calib  # no calibration fields recorded
+    assert cl["mean_estimates"] == {}  # no spread/skill recorded
     md = (tmp_path / "claim.md").read_text()
     assert "## fam-32: EPS wins 4 of 6" in md and "| sr4 | eps@20 | 0.640 | 0.600 | +0.040 | 1.11 | missed | missed |" in md
     json.loads((tmp_path / "claim.json").read_text())
@@ -508,3 +509,20 @@ def test_paper_claim_images_refuses_an_unfinished_bench(tmp_path):
         pc.main(["--bench", str(bench), "--out", str(tmp_path / "claim")])
     with pytest.raises(pc.ClaimError, match="no such file"):
         pc.main(["--bench", str(tmp_path / "missing.json"), "--out", str(tmp_path / "claim")])
+
+
+def test_paper_claim_own_mean_psnr_recovers_the_sampler_mean_error_from_spread_and_skill():
+    """K = 4 samples around a biased mean: the K -> inf estimate from the pooled spread and
+    skill matches the PSNR of the (known) mean itself, and the K-sample mean pays v / K."""
+    from exactpost.core.metrics import spread_skill
+
+    pc = _load("paper_claim_images")
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(50, 64, 64, generator=g, dtype=torch.float64)
+    mean = truth + 0.1 * torch.randn(truth.shape, generator=g, dtype=torch.float64)  # MSE 0.01
+    samples = mean + 0.2 * torch.randn((4,) + truth.shape, generator=g, dtype=torch.float64)  # v = 0.04
+    ss = spread_skill(samples, truth)
+    got = pc.own_mean_psnr(dict(spread=ss["spread"], skill=ss["skill"], samples=4))
+    assert got["psnr_inf"] == pytest.approx(10 * np.log10(4 / float((mean - truth).square().mean())), abs=0.03)
+    assert got["psnr_k"] == pytest.approx(10 * np.log10(4 / (0.01 + 0.04 / 4)), abs=0.03)
+    assert pc.own_mean_psnr(dict(spread=None, skill=0.1, samples=4)) is None
