@@ -46,6 +46,22 @@ def calls(monkeypatch):
     return seen
 
 
+def _dies_on_second_batch(monkeypatch):
+    """Make the second restore_batch call raise KeyboardInterrupt (a kill mid-cell); returns the
+    real restore_batch."""
+    real = images_cells.restore_batch
+    count = {"n": 0}
+
+    def dies_on_second(setup, cell, op, y, g):
+        count["n"] += 1
+        if count["n"] == 2:
+            raise KeyboardInterrupt
+        return real(setup, cell, op, y, g)
+
+    monkeypatch.setattr(images_cells, "restore_batch", dies_on_second)
+    return real
+
+
 def _run(prefix, *extra: str) -> int:
     return main(BASE + ["--out", str(prefix), *extra])
 
@@ -219,16 +235,7 @@ def test_cells_of_another_cpu_keep_the_bare_timing_of_theirs(models_env, tmp_pat
     _on_cpu(monkeypatch, "Fast CPU, AVX512")
     assert _run(prefix, "--tasks", "sr4", "--methods", "eps", "--nfe", "3") == 0
     # the second machine: a new cell, and one whose first batch was saved on the first machine
-    real = images_cells.restore_batch
-    count = {"n": 0}
-
-    def dies_on_second(setup, cell, op, y, g):
-        count["n"] += 1
-        if count["n"] == 2:
-            raise KeyboardInterrupt
-        return real(setup, cell, op, y, g)
-
-    monkeypatch.setattr(images_cells, "restore_batch", dies_on_second)
+    real = _dies_on_second_batch(monkeypatch)
     assert _run(prefix, "--tasks", "sr4", "--methods", "eps,ddnm", "--nfe", "3") == 130
     monkeypatch.setattr(images_cells, "restore_batch", real)
     _on_cpu(monkeypatch, "Slow CPU, AVX2")
@@ -284,16 +291,7 @@ def test_resume_recomputes_nothing_then_only_new_cells_and_continues_a_killed_ce
     calls.clear()
 
     # a kill in the second batch of a new cell: the rerun redoes only that batch
-    real = images_cells.restore_batch
-    count = {"n": 0}
-
-    def dies_on_second(setup, cell, op, y, g):
-        count["n"] += 1
-        if count["n"] == 2:
-            raise KeyboardInterrupt
-        return real(setup, cell, op, y, g)
-
-    monkeypatch.setattr(images_cells, "restore_batch", dies_on_second)
+    real = _dies_on_second_batch(monkeypatch)
     assert _run(prefix, "--tasks", "sr4", "--methods", "eps,ddnm,mpgd,pigdm", "--nfe", "3") == 130
     assert len(list((prefix.parent / "res.cache" / "partial").glob("sr4__pigdm__nfe3@*/batch_00000.npz"))) == 1
     again = {"n": 0}
