@@ -135,8 +135,9 @@ def run_config(cfg: BenchConfig) -> int:
     budgets = sorted({c.nfe for c in cells})
     # the bare sampler is timed on this CPU for the budgets of the cells measured here (cells
     # cached from another machine keep the bare timing of theirs)
+    cpu = cpu_label()
     bare_pending = [n for n in sorted({c.nfe for c in pending})
-                    if not cache.valid(bare_key(n, cpu_label()), setup.depends("bare"))] if cfg.bare else []
+                    if not cache.valid(bare_key(n, cpu), setup.depends("bare"))] if cfg.bare else []
     n_batches = len(batch_ranges(cfg.images, cfg.batch))
     bar = None
     if cfg.progress and (pending or bare_pending):
