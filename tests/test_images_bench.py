@@ -371,6 +371,27 @@ def test_a_new_model_recomputes_only_the_cells_that_run_on_it(own_models, tmp_pa
     assert bare and all(r["depends"]["model"] == zoo.find_model("tiny-32", "prior").card["sha256"] for r in bare)
 
 
+def test_a_table_built_mid_run_leaves_out_records_of_an_older_model(own_models, tmp_path):
+    """rows_of lists only records made with today's dependencies: after new EPS weights, the
+    cached EPS record (the old model's, its cell pending) is left out, the DDNM record kept."""
+    from exactpost.bench.images_cache import Cache
+    from exactpost.bench.images_report import rows_of
+    from exactpost.bench.images_setup import cell_depends, load_setup
+
+    prefix = tmp_path / "mid"
+    args = ("--tasks", "sr4", "--methods", "eps,ddnm", "--nfe", "3")
+    assert _run(prefix, *args) == 0
+
+    def listed() -> list[str]:
+        cfg = _cfg("--out", str(prefix), *BASE[2:], *args)
+        setup = load_setup(cfg)
+        return [r["key"] for r in rows_of(setup, Cache(cfg.out, setup.fingerprint(), False, depends_of=cell_depends))]
+
+    assert listed() == ["sr4__eps__nfe3", "sr4__ddnm__nfe3"]
+    _replace_weights(own_models, "eps")
+    assert listed() == ["sr4__ddnm__nfe3"]
+
+
 def test_a_protocol_1_cache_is_converted_and_its_cells_reused(models_env, tmp_path, calls, capsys):
     """A cache written under the earlier whole-run header (every model's sha256, the tuned
     settings and the sampler in the header; no per-cell dependencies; unfinished batches in

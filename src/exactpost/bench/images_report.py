@@ -26,12 +26,13 @@ COLUMNS = (("psnr", "PSNR", "{:.2f}", True), ("ssim", "SSIM", "{:.3f}", True), (
 
 def rows_of(setup: Setup, cache: Cache) -> list[dict[str, Any]]:
     """The run's cell records in table order, each with its cost ratio to the bare sampler
-    timed on the same CPU (none for a cell whose batches ran on several)."""
+    timed on the same CPU (none for a cell whose batches ran on several). A cached record made
+    with other dependencies (e.g. an older model's, its cell still pending) is left out."""
     rows = []
     for cell in cells_of(setup.cfg, setup.methods):
-        rec = cache.records.get(cell.key)
-        if rec is None:
+        if not cache.valid(cell.key, setup.depends(cell.method, cell.task)):
             continue
+        rec = cache.records[cell.key]
         row = dict(rec)
         cpu = rec.get("cpu")
         key = bare_key(cell.nfe, cpu)
